@@ -1,0 +1,93 @@
+"""The `mt3ds` command line: each command maps to one library function.
+
+Heavy imports (torch, deepspeed, webdataset) happen inside the commands so that `mt3ds --help` is instant.
+A user's mistake raises UserError and is printed as one line with a non-zero exit, never as a traceback.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from . import __version__
+from .errors import UserError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mt3ds")
+def cli():
+    """mt3ds: multi-instrument audio-to-MIDI transcription, MT3-style.
+
+    \b
+    shard     -> index a dataset, run the offline audio chain, write WebDataset shards
+    train     -> deepspeed bin/train.py --ds_config ds_configs/bf16.json
+    transcribe-> audio files -> multi-track General MIDI
+    """
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# tokens: MIDI -> per-chunk Option 1 tokens (tokens/codec.py)
+
+@cli.command()
+@click.argument("midi", type=click.Path(dir_okay=False))
+@click.option("--chunk-seconds", type=float, default=32768 / 16000, show_default=True,
+              help="Chunk length in seconds (training uses 32768 samples at 16 kHz).")
+@click.option("--time-encoding", type=click.Choice(["delta", "absolute"]), default="delta", show_default=True,
+              help="How shift tokens count time (decisions §3).")
+@click.option("--json", "as_json", is_flag=True, help="Print chunks and stats as one JSON object.")
+@click.option("--events", is_flag=True, help="Print event names instead of ids.")
+@click.option("--roundtrip", type=click.Path(dir_okay=False), default=None,
+              help="Write the MIDI rebuilt from the tokens alone to this path.")
+def tokens(midi, chunk_seconds, time_encoding, as_json, events, roundtrip):
+    """Tokenize a MIDI file into per-chunk Option 1 tokens."""
+    from .tokens.cli_tokens import run_tokens
+
+    run_tokens(midi, chunk_seconds=chunk_seconds, time_encoding=time_encoding, as_json=as_json, events=events,
+               roundtrip=roundtrip)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# bench: every benchmark prints a table, or one JSON object with --json
+
+@cli.group()
+def bench():
+    """Benchmarks that print figures (recorded in BENCHMARKS.md)."""
+
+
+@bench.command("tokens")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object of the figures.")
+@click.option("--seconds", type=float, default=300.0, show_default=True, help="Length of the generated MIDI.")
+@click.option("--repeats", type=int, default=5, show_default=True, help="Timed repetitions (best is kept).")
+def bench_tokens(as_json, seconds, repeats):
+    """Encode and decode+stitch a dense generated 10-track MIDI; notes/s."""
+    from .bench.tokens import bench_tokens as run
+
+    _print_figures(run(seconds=seconds, repeats=repeats), as_json)
+
+
+def _print_figures(figures: dict, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(figures))
+        return
+    width = max(len(k) for k in figures)
+    for key, value in figures.items():
+        shown = f"{value:,.3f}" if isinstance(value, float) else str(value)
+        click.echo(f"{key:<{width}}  {shown}")
+
+
+def main(argv=None):
+    """Console entry point: runs the click group, turning UserError into one line and an exit code."""
+    try:
+        cli.main(args=argv, prog_name="mt3ds", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("mt3ds: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except UserError as e:
+        click.echo(f"mt3ds: error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except BrokenPipeError:
+        sys.exit(0)
