@@ -79,7 +79,9 @@ def _print_figures(figures: dict, as_json: bool) -> None:
 def main(argv=None):
     """Console entry point: runs the click group, turning UserError into one line and an exit code."""
     try:
-        cli.main(args=argv, prog_name="mt3ds", standalone_mode=False)
+        rc = cli.main(args=argv, prog_name="mt3ds", standalone_mode=False)
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
     except click.exceptions.Abort:
         click.echo("mt3ds: aborted", err=True)
         sys.exit(130)

@@ -32,6 +32,9 @@ _RANGE_STARTS = np.array([0, V.SHIFT.first_id, V.PITCH.first_id, V.VELOCITY.firs
                           V.PROGRAM.first_id, V.DRUM.first_id])
 _RANGE_VALUE0 = np.array([0, V.SHIFT.first_id, V.PITCH.first_id - V.MIN_PITCH, V.VELOCITY.first_id,
                           V.TIE.first_id, V.PROGRAM.first_id, V.DRUM.first_id - V.MIN_PITCH])
+# Lookup tables id -> type and id -> value: one gather per token instead of a search.
+_TYPE_OF = (np.searchsorted(_RANGE_STARTS, np.arange(V.VOCAB_SIZE), side="right") - 1).astype(np.int64)
+_VALUE_OF = np.arange(V.VOCAB_SIZE) - _RANGE_VALUE0[_TYPE_OF]
 
 
 @dataclass
@@ -285,8 +288,8 @@ def decode_tokens(chunks, chunk_seconds: float = TRAIN_CHUNK_SECONDS, time_encod
     first = np.searchsorted(cid, np.arange(n))  # first index of each chunk (== m when empty)
     chunk_first = first[cid] if m else np.zeros(0, dtype=np.int64)
 
-    typ = np.searchsorted(_RANGE_STARTS, tok, side="right") - 1
-    val = tok - _RANGE_VALUE0[typ]
+    typ = _TYPE_OF[tok]
+    val = _VALUE_OF[tok]
 
     # Step of every token.
     if time_encoding == "delta":
@@ -320,7 +323,10 @@ def decode_tokens(chunks, chunk_seconds: float = TRAIN_CHUNK_SECONDS, time_encod
     stats.malformed += int((is_pitch & ~tie_ok & ~ev_ok).sum()) + int(((typ == _T_DRUM) & (vel < 0)).sum())
 
     key = prog * 128 + val
-    ties = np.unique(cid[tie_ok] * (1 << 16) + key[tie_ok])  # (chunk, key) codes
+    # (key, chunk) codes sorted by key then chunk: a radix sort by key keeps the stream's chunk order.
+    tk, tc = key[tie_ok], cid[tie_ok]
+    ties = (tk * (n + 1) + tc)[np.argsort(tk.astype(np.uint16), kind="stable")]
+    ties = ties[np.append(True, ties[1:] != ties[:-1])] if len(ties) else ties
     ev_idx = np.flatnonzero(ev_ok)
     notes = _stitch(t[ev_idx], cid[ev_idx], key[ev_idx], vel[ev_idx], ties, starts, boundary, tie_starts_notes)
     d = np.flatnonzero(drum_ok)
@@ -337,7 +343,7 @@ def _stitch(t, cid, key, vel, ties, starts, boundary, tie_starts_notes) -> Notes
     tie_starts_notes, at a tie whose key is not sounding) and ends at the key's next note-on/off, or at the first
     chunk boundary the key is not tied across, whichever comes first."""
     n = len(starts)
-    tie_chunk, tie_key = ties >> 16, ties & 0xFFFF
+    tie_chunk, tie_key = ties % (n + 1), ties // (n + 1)
     kind = np.concatenate([np.full(len(ties), _TIE_EV), np.where(vel > 0, _ON, _OFF)])
     t = np.concatenate([starts[tie_chunk], t])
     cid = np.concatenate([tie_chunk, cid])
@@ -346,7 +352,7 @@ def _stitch(t, cid, key, vel, ties, starts, boundary, tie_starts_notes) -> Notes
     order = np.lexsort((kind != _TIE_EV, cid))  # stable: stream order within a chunk, ties first
     t, cid, key, vel, kind = t[order], cid[order], key[order], vel[order], kind[order]
 
-    g = np.argsort(key, kind="stable")  # grouped by key, stream order inside each group
+    g = np.argsort(key.astype(np.uint16), kind="stable")  # grouped by key (radix sort), stream order inside
     gk, gkind = key[g], kind[g]
     m = len(g)
     same_prev = np.zeros(m, dtype=bool)
@@ -354,32 +360,33 @@ def _stitch(t, cid, key, vel, ties, starts, boundary, tie_starts_notes) -> Notes
     # Next note-on/off of the same key (ties do not end a note).
     real = np.where(gkind != _TIE_EV, np.arange(m), m)
     next_real = np.minimum.accumulate(real[::-1])[::-1]
-    nxt = np.append(next_real[1:], m)
+    nxt = np.append(next_real[1:], m)[:m]
     nxt_ok = nxt < m
     nxt_ok[nxt_ok] = gk[nxt[nxt_ok]] == gk[nxt_ok]
-    # First chunk after each event's chunk that the key is not tied into.
-    ends = _untied_after(key, cid, tie_key, tie_chunk, n)[g]
     gcid = cid[g]
     starting = gkind == _ON
     if tie_starts_notes:
+        # First chunk after each event's chunk that the key is not tied into, for every event here.
+        ends = _untied_after(gk, gcid, ties, n)
         prev = np.arange(m) - 1
         sounding = same_prev & (gkind[np.maximum(prev, 0)] != _OFF) & (ends[np.maximum(prev, 0)] > gcid)
         starting |= (gkind == _TIE_EV) & ~sounding
     s = np.flatnonzero(starting)
+    ends = ends[s] if tie_starts_notes else _untied_after(gk[s], gcid[s], ties, n)
     nx = np.where(nxt_ok[s], nxt[s], 0)
-    use_next = nxt_ok[s] & (gcid[nx] < ends[s])
+    use_next = nxt_ok[s] & (gcid[nx] < ends)
     onset = t[g[s]]
-    end = np.where(use_next, t[g[nx]], boundary[np.minimum(ends[s], n)])
+    end = np.where(use_next, t[g[nx]], boundary[np.minimum(ends, n)])
     end = np.where(end > onset, end, onset + 1.0 / V.STEPS_PER_SECOND)
     velocity = np.where(vel[g[s]] > 0, vel[g[s]], _TIED_VELOCITY)
     return Notes(onset, end, gk[s] % 128, velocity, gk[s] // 128)
 
 
-def _untied_after(key, cid, tie_key, tie_chunk, n) -> np.ndarray:
-    """For each (key, chunk c): the first chunk after c whose start the key is not tied across."""
-    if len(tie_key) == 0:
+def _untied_after(key, cid, tcode, n) -> np.ndarray:
+    """For each (key, chunk c): the first chunk after c whose start the key is not tied across.
+    `tcode`: sorted tie codes key * (n + 1) + chunk."""
+    if len(tcode) == 0:
         return cid + 1
-    tcode = np.sort(tie_key * (n + 1) + tie_chunk)
     run_start = np.ones(len(tcode), dtype=bool)
     run_start[1:] = tcode[1:] != tcode[:-1] + 1
     run_id = np.cumsum(run_start) - 1

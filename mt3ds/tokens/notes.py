@@ -67,8 +67,10 @@ class Notes:
                      self.velocity[mask_or_index], self.program[mask_or_index])
 
     def sorted(self) -> "Notes":
-        """Ordered by (onset, program, pitch): a canonical order for comparisons."""
-        return self.select(np.lexsort((self.pitch, self.program, self.onset)))
+        """Ordered by (onset, program, pitch): a canonical order for comparisons. One int64 sort key (onset in
+        microseconds, then program and pitch) is several times faster than a three-key lexsort."""
+        key = np.round(self.onset * 1e6).astype(np.int64) * 32768 + self.program.astype(np.int64) * 128 + self.pitch
+        return self.select(np.argsort(key, kind="stable"))
 
     @staticmethod
     def concat(parts) -> "Notes":
