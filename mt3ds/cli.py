@@ -48,6 +48,21 @@ def tokens(midi, chunk_seconds, time_encoding, as_json, events, roundtrip):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# evaluate: mir_eval metrics as MT3 computes them (evaluate.py)
+
+@cli.command()
+@click.option("--ref", required=True, type=click.Path(), help="Reference MIDI file or folder.")
+@click.option("--est", required=True, type=click.Path(), help="Estimated MIDI file or folder (matched by name).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (per file, pooled, mean).")
+def evaluate(ref, est, as_json):
+    """Score transcriptions against references: onset, onset+offset, frame, multi-instrument and drum F1."""
+    from .evaluate import evaluate as run, format_table
+
+    result = run(ref, est)
+    click.echo(json.dumps(result) if as_json else format_table(result))
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # bench: every benchmark prints a table, or one JSON object with --json
 
 @cli.group()
@@ -64,6 +79,22 @@ def bench_tokens(as_json, seconds, repeats):
     from .bench.tokens import bench_tokens as run
 
     _print_figures(run(seconds=seconds, repeats=repeats), as_json)
+
+
+# --- bench loader (data/loader.py, data/augment.py, model/features.py) -------------------------------------------
+
+@bench.command("loader")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object of the figures.")
+@click.option("--samples", type=int, default=2000, show_default=True, help="Samples timed per loader setting.")
+@click.option("--mix-samples", type=int, default=5000, show_default=True,
+              help="Samples over which mixing shares are compared with their targets.")
+def bench_loader(as_json, samples, mix_samples):
+    """Loader samples/s (0/1/2 workers, augmentation off/on), raw tar floor, CPU features/s, mixing shares."""
+    from .bench.loader import bench_loader as run
+
+    _print_figures(run(samples=samples, mix_samples=mix_samples), as_json)
+
+# --- end bench loader ----------------------------------------------------------------------------------------------
 
 
 def _print_figures(figures: dict, as_json: bool) -> None:
