@@ -1,0 +1,313 @@
+"""The transcription model: one encoder-decoder whose config selects Step 1, Step 2 and Step 3 (decisions §5).
+
+    log-mel [B, S, 512] -> learnable frequency LayerNorm -> linear -> (+ positions) -> encoder blocks -> memory
+    tokens  [B, T]      -> embedding * sqrt(d) (+ positions, + instrument hint) -> decoder blocks
+                           (causal self-attention, cross-attention to memory, MLP) -> LM head (fp32) -> logits
+    memory              -> optional aux frame head: onset and active 88-key rolls per frame (training only)
+
+The decoder starts from PAD (T5/MT3): decoder_input = [PAD] + tokens[:-1]. The LM head, the softmax and the losses
+run in fp32 even when the weights are bf16 (DeepSpeed bf16 casts weights, not activations: design Step 2 §1).
+
+    model = Transcriber(ModelConfig.preset("small"))
+    logits = model(features, decoder_input, instruments)              # fp32 [B, T, 1437]
+    loss, metrics = model.loss(features, batch, label_smoothing=0.1)  # or engine(features, batch=batch, ...)
+    tokens = model.generate(features, instruments, beam_size=1)       # int64 [B, L], EOS then PAD
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from ..tokens import vocab
+from .attention import KVCache
+from .blocks import DecoderBlock, EncoderBlock, Positions, make_norm
+from .conditioning import DecoderPool, DualStream, EncoderFilm, make_conditioning
+from .config import N_KEYS, ModelConfig
+
+IGNORE = -100  # label of padding positions (the loader's contract)
+
+
+class Transcriber(nn.Module):
+    """Encoder-decoder transformer from log-mel features to Option 1 tokens."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        # encoder
+        self.freq_norm = nn.LayerNorm(cfg.n_mels, eps=cfg.norm_eps)  # learnable per-frequency normalization
+        self.in_proj = nn.Linear(cfg.n_mels, cfg.d_model, bias=False)
+        self.enc_pos = Positions(cfg, cfg.max_enc_len)
+        self.enc_blocks = nn.ModuleList(EncoderBlock(cfg) for _ in range(cfg.enc_layers))
+        self.enc_norm = make_norm(cfg)
+        # decoder
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.dec_pos = Positions(cfg, cfg.max_dec_len)
+        self.dec_blocks = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.dec_layers))
+        self.dec_norm = make_norm(cfg)
+        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        # extras
+        self.frame_head = nn.Linear(cfg.d_model, 2 * N_KEYS) if cfg.aux_frame_loss else None
+        self.cond = make_conditioning(cfg)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, std=0.02)
+                if getattr(m, "bias", None) is not None:
+                    nn.init.zeros_(m.bias)
+        # residual branches scaled down with depth (GPT-2)
+        depth_std = 0.02 / math.sqrt(2 * (self.cfg.enc_layers + self.cfg.dec_layers))
+        for name, p in self.named_parameters():
+            if name.endswith(("attn.out.weight", "mlp.down.weight")):
+                nn.init.normal_(p, std=depth_std)
+        if self.cond is not None:  # unit-scale instrument embeddings, so the hint is felt from the first step
+            nn.init.normal_(self.cond.set.table.weight, std=1.0)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def _block(self, fn, *args, **kw):
+        """Run one block, recomputed in the backward pass when activation checkpointing is on."""
+        if self.cfg.activation_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(fn, *args, use_reentrant=False, **kw)
+        return fn(*args, **kw)
+
+    # -----------------------------------------------------------------------------------------------------------
+    # encoder and decoder
+
+    def encode(self, features: torch.Tensor, instruments: torch.Tensor | None = None) -> torch.Tensor:
+        """Log-mel features (B, S, n_mels) -> memory (B, S, d_model)."""
+        if features.dim() != 3 or features.shape[-1] != self.cfg.n_mels:
+            raise ValueError(f"features must be [B, frames, {self.cfg.n_mels}], got {tuple(features.shape)}")
+        B, S, _ = features.shape
+        x = self.in_proj(self.freq_norm(features))  # (B, S, d_model)
+        x = self.enc_pos.embed(x)
+        pos_kw = self.enc_pos.attention_args(S, 0, x.device)
+        film = self.cond(instruments, B) if isinstance(self.cond, EncoderFilm) else None
+        dual = isinstance(self.cond, DualStream)
+        first_dual = self.cfg.enc_layers - self.cfg.instrument_layers if dual else self.cfg.enc_layers
+        if dual:
+            inst, valid = self.cond.start(instruments, B)
+        for i, block in enumerate(self.enc_blocks):
+            if i >= first_dual:
+                x, inst = self._block(self.cond.layer, i - first_dual, x, inst, valid, block, **pos_kw)
+            else:
+                x = self._block(block, x, film[i] if film else None, **pos_kw)
+        return self.enc_norm(x)
+
+    def decode(self, decoder_input: torch.Tensor, memory: torch.Tensor | None, hint: torch.Tensor | None = None,
+               cache: KVCache | None = None) -> torch.Tensor:
+        """Tokens (B, T) -> decoder hidden states (B, T, d_model). With a cache the tokens sit at positions
+        cache.pos .. cache.pos + T - 1, cross-attention uses the cached encoder keys, and cache.pos moves on."""
+        B, T = decoder_input.shape
+        offset = cache.pos if cache is not None else 0
+        x = self.tok_emb(decoder_input) * math.sqrt(self.cfg.d_model)  # (B, T, d_model)
+        if hint is not None:
+            x = x + hint  # decoder_pool: (B, 1, d_model) on every position
+        x = self.dec_pos.embed(x, offset)
+        pos_kw = self.dec_pos.attention_args(T, offset, x.device)
+        for i, block in enumerate(self.dec_blocks):
+            if cache is None:
+                x = self._block(block, x, memory, **pos_kw)
+            else:
+                x = block(x, memory, cache=cache, layer=i, **pos_kw)
+        if cache is not None:
+            cache.advance(T)
+        return self.dec_norm(x)
+
+    def decoder_hint(self, instruments: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+        return self.cond(instruments, batch) if isinstance(self.cond, DecoderPool) else None
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """LM head in fp32, whatever the weights' dtype."""
+        weight = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(hidden.float(), weight.float())  # (..., vocab)
+
+    def run(self, features: torch.Tensor, decoder_input: torch.Tensor, instruments: torch.Tensor | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Teacher-forced pass: (logits fp32 (B, T, vocab), frame logits fp32 (B, S, 2, 88) or None)."""
+        memory = self.encode(features, instruments)
+        hidden = self.decode(decoder_input, memory, self.decoder_hint(instruments, features.shape[0]))
+        frames = None
+        if self.frame_head is not None:
+            frames = self.frame_head(memory).float().view(*memory.shape[:2], 2, N_KEYS)  # (B, S, onset|active, 88)
+        return self.logits(hidden), frames
+
+    def forward(self, features: torch.Tensor, decoder_input: torch.Tensor | None = None,
+                instruments: torch.Tensor | None = None, *, batch: dict | None = None, label_smoothing: float = 0.0):
+        """logits fp32 (B, T, vocab); or, given batch=, (loss, metrics) as loss() does, which is the form to call
+        through a DeepSpeed engine: engine(features, batch=batch, label_smoothing=0.1)."""
+        if batch is not None:
+            return self.loss(features, batch, label_smoothing=label_smoothing)
+        return self.run(features, decoder_input, instruments)[0]
+
+    # -----------------------------------------------------------------------------------------------------------
+    # training loss
+
+    def loss(self, features: torch.Tensor, batch: dict, label_smoothing: float = 0.0
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Token cross-entropy (fp32, padding ignored, optional label smoothing) plus, with aux_frame_loss,
+        aux_frame_weight * (onset BCE + active BCE). Metrics are detached scalars: loss, token_loss (unsmoothed),
+        token_acc, tokens, and frame_onset_loss / frame_active_loss with the aux head."""
+        logits, frames = self.run(features, batch["decoder_input"], batch.get("instruments"))
+        labels = batch["labels"].to(logits.device)
+        valid = labels != IGNORE
+        logp = F.log_softmax(logits, dim=-1)  # (B, T, vocab) fp32
+        safe = labels.clamp(min=0)[..., None]
+        nll = -logp.gather(-1, safe).squeeze(-1)  # (B, T)
+        per_token = (1 - label_smoothing) * nll - label_smoothing * logp.mean(-1) if label_smoothing else nll
+        n = valid.sum().clamp(min=1)
+        loss = (per_token * valid).sum() / n
+        with torch.no_grad():
+            metrics = {"token_loss": (nll * valid).sum() / n,
+                       "token_acc": ((logits.argmax(-1) == labels) & valid).sum() / n,
+                       "tokens": valid.sum()}
+        if frames is not None:
+            if "frame_onsets" not in batch or "frame_active" not in batch:
+                raise ValueError("aux_frame_loss is on but the batch has no frame_onsets / frame_active")
+            onset = self._frame_bce(frames[:, :, 0], batch["frame_onsets"])
+            active = self._frame_bce(frames[:, :, 1], batch["frame_active"])
+            loss = loss + self.cfg.aux_frame_weight * (onset + active)
+            metrics.update(frame_onset_loss=onset.detach(), frame_active_loss=active.detach())
+        metrics["loss"] = loss.detach()
+        return loss, metrics
+
+    def _frame_bce(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        target = target.to(logits.device, torch.float32)
+        if target.shape != logits.shape:
+            raise ValueError(f"frame targets {tuple(target.shape)} do not match the encoder frames {tuple(logits.shape)}")
+        if self.cfg.aux_pos_weight is not None:
+            pos_weight = torch.tensor(self.cfg.aux_pos_weight, device=logits.device)
+        else:  # rare positives (onsets) would otherwise be ignored: sqrt(neg / pos) of this batch, at least 1
+            pos = target.sum()
+            pos_weight = ((target.numel() - pos) / pos.clamp(min=1)).sqrt().clamp(min=1.0)
+        return F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight)
+
+    # -----------------------------------------------------------------------------------------------------------
+    # generation
+
+    @torch.no_grad()
+    def generate(self, features: torch.Tensor, instruments: torch.Tensor | None = None, *, max_len: int | None = None,
+                 beam_size: int = 1, use_cache: bool = True, ignore_eos: bool = False, length_penalty: float = 1.0,
+                 return_logits: bool = False):
+        """Decode a batch of segments: greedy (beam_size 1) or beam search. Returns int64 (B, L), each row its tokens
+        up to and including EOS, then PAD; L <= max_len (default cfg.max_tokens). With return_logits (greedy only)
+        also the fp32 logits of every step, (B, L, vocab).
+
+        The encoder runs once; cross-attention keys and values are computed once per segment; each step feeds one
+        token per sequence through the KV cache. A sequence leaves the batch at its EOS. use_cache=False re-runs
+        the decoder over the whole prefix at every step (the reference the cache is tested against);
+        ignore_eos=True decodes to max_len regardless (benchmarks)."""
+        max_len = max_len or self.cfg.max_tokens
+        if not 1 <= max_len <= self.cfg.max_dec_len:
+            raise ValueError(f"max_len must be in 1..{self.cfg.max_dec_len}, got {max_len}")
+        if beam_size < 1 or (beam_size > 1 and (return_logits or ignore_eos)):
+            raise ValueError("beam_size must be >= 1; return_logits and ignore_eos are for greedy decoding only")
+        was_training = self.training
+        self.eval()
+        try:
+            memory = self.encode(features, instruments)
+            hint = self.decoder_hint(instruments, features.shape[0])
+            if beam_size == 1:
+                return self._greedy(memory, hint, max_len, use_cache, ignore_eos, return_logits)
+            return self._beam(memory, hint, max_len, use_cache, beam_size, length_penalty)
+        finally:
+            self.train(was_training)
+
+    def _greedy(self, memory, hint, max_len, use_cache, ignore_eos, return_logits):
+        B = memory.shape[0]
+        step = _Stepper(self, memory, hint, max_len, use_cache)
+        out = torch.full((B, max_len), vocab.PAD, dtype=torch.long, device=memory.device)
+        all_logits = torch.zeros(B, max_len, self.cfg.vocab_size, device=memory.device) if return_logits else None
+        rows = torch.arange(B, device=memory.device)  # original row of each sequence still decoding
+        token = torch.full((B,), vocab.PAD, dtype=torch.long, device=memory.device)  # the start token
+        length = 0
+        for t in range(max_len):
+            logits = step(token)  # (n, vocab)
+            token = logits.argmax(-1)
+            out[rows, t] = token
+            if all_logits is not None:
+                all_logits[rows, t] = logits
+            length = t + 1
+            if ignore_eos:
+                continue
+            done = token == vocab.EOS
+            if bool(done.all()):
+                break
+            if bool(done.any()):  # finished sequences leave the batch
+                keep = (~done).nonzero().squeeze(1)
+                step.select(keep)
+                rows, token = rows[keep], token[keep]
+        out = out[:, :length]
+        return (out, all_logits[:, :length]) if return_logits else out
+
+    def _beam(self, memory, hint, max_len, use_cache, K, length_penalty):
+        B, V, device = memory.shape[0], self.cfg.vocab_size, memory.device
+        memory = memory.repeat_interleave(K, 0)  # (B*K, S, d_model): beams of a segment are adjacent rows
+        hint = hint.repeat_interleave(K, 0) if hint is not None else None
+        step = _Stepper(self, memory, hint, max_len, use_cache)
+        scores = torch.zeros(B, K, device=device)
+        scores[:, 1:] = float("-inf")  # all beams start identical: expand only the first
+        seqs = torch.full((B * K, max_len), vocab.PAD, dtype=torch.long, device=device)
+        lengths = torch.zeros(B * K, device=device)
+        finished = torch.zeros(B * K, dtype=torch.bool, device=device)
+        token = torch.full((B * K,), vocab.PAD, dtype=torch.long, device=device)
+        base = torch.arange(B, device=device)[:, None] * K
+        length = 0
+        for t in range(max_len):
+            logp = F.log_softmax(step(token), dim=-1)  # (B*K, V)
+            logp[finished] = float("-inf")  # a finished beam only continues with PAD, at no cost
+            logp[finished, vocab.PAD] = 0.0
+            top, idx = (scores.view(-1, 1) + logp).view(B, K * V).topk(K, dim=1)  # (B, K)
+            src = (base + idx // V).view(-1)  # the beam each new beam extends
+            token = (idx % V).view(-1)
+            seqs, finished, lengths = seqs[src], finished[src], lengths[src]
+            seqs[:, t] = token
+            lengths = torch.where(finished, lengths, torch.full_like(lengths, t + 1))
+            finished = finished | (token == vocab.EOS)
+            scores = top
+            step.select(src, cross=False)
+            length = t + 1
+            if bool(finished.all()):
+                break
+        normalized = scores / lengths.view(B, K).clamp(min=1) ** length_penalty
+        best = base.squeeze(1) + normalized.argmax(1)  # (B,)
+        return seqs[best, :length]
+
+
+class _Stepper:
+    """Feeds one token per sequence to the decoder and returns next-token logits (fp32), with the KV cache or, for
+    reference, by re-running the decoder over the whole prefix. select() keeps or reorders sequences."""
+
+    def __init__(self, model: Transcriber, memory: torch.Tensor, hint: torch.Tensor | None, max_len: int,
+                 use_cache: bool):
+        self.model, self.memory, self.hint = model, memory, hint
+        cfg, B = model.cfg, memory.shape[0]
+        self.cache = None
+        self.prefix = torch.zeros(B, 0, dtype=torch.long, device=memory.device)
+        if use_cache:
+            self.cache = KVCache(cfg.dec_layers, B, cfg.heads, max_len, cfg.head_dim, device=memory.device,
+                                 dtype=memory.dtype)
+            for i, block in enumerate(model.dec_blocks):  # cross-attention keys/values: once per segment
+                self.cache.cross[i] = block.cross_attn.attn.project_kv(memory)
+
+    def __call__(self, token: torch.Tensor) -> torch.Tensor:
+        if self.cache is not None:
+            hidden = self.model.decode(token[:, None], None, self.hint, cache=self.cache)  # (n, 1, d_model)
+        else:
+            self.prefix = torch.cat([self.prefix, token[:, None]], 1)
+            hidden = self.model.decode(self.prefix, self.memory, self.hint)  # (n, t, d_model)
+        return self.model.logits(hidden[:, -1])  # (n, vocab)
+
+    def select(self, index: torch.Tensor, cross: bool = True) -> None:
+        if self.cache is not None:
+            self.cache.select(index, cross=cross)
+        else:
+            self.prefix, self.memory = self.prefix[index], self.memory[index]
+        if self.hint is not None:
+            self.hint = self.hint[index]
