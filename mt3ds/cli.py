@@ -96,6 +96,26 @@ def bench_loader(as_json, samples, mix_samples):
 
 # --- end bench loader ----------------------------------------------------------------------------------------------
 
+# --- bench model (model/*.py) --------------------------------------------------------------------------------------
+
+@bench.command("model")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object of the figures.")
+@click.option("--preset", "presets", multiple=True, default=("small", "base"), show_default=True,
+              type=click.Choice(["tiny", "small", "base", "base_v2"]), help="Model preset to measure (repeatable).")
+@click.option("--batch", type=int, default=8, show_default=True, help="Training batch (segments).")
+@click.option("--train-tokens", type=int, default=1024, show_default=True, help="Tokens per training segment.")
+@click.option("--decode-batch", type=int, default=16, show_default=True, help="Segments decoded together.")
+@click.option("--decode-tokens", type=int, default=1024, show_default=True, help="Tokens decoded per segment.")
+@click.option("--repeats", type=int, default=2, show_default=True, help="Timed repetitions (best is kept).")
+def bench_model(as_json, presets, batch, train_tokens, decode_batch, decode_tokens, repeats):
+    """Training step fp32 vs bf16, parameters, greedy decoding tokens/s with and without the KV cache."""
+    from .bench.model import bench_model as run
+
+    _print_figures(run(presets=presets, batch=batch, train_tokens=train_tokens, decode_batch=decode_batch,
+                       decode_tokens=decode_tokens, repeats=repeats), as_json)
+
+# --- end bench model -----------------------------------------------------------------------------------------------
+
 
 def _print_figures(figures: dict, as_json: bool) -> None:
     if as_json:
