@@ -48,6 +48,38 @@ def tokens(midi, chunk_seconds, time_encoding, as_json, events, roundtrip):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# transcribe: audio files -> General MIDI (transcribe.py)
+
+@cli.command()
+@click.argument("audio", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--out", required=True, type=click.Path(),
+              help="Output .mid for one input, or a folder (one NAME.mid per input).")
+@click.option("--model", type=click.Path(dir_okay=False), default=None,
+              help="An exported model (.safetensors); default: the bundled model.")
+@click.option("--instruments", default=None,
+              help="Instruments present, e.g. piano,bass,drums or 0,33,128 (Step 3 conditioning).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--batch-size", type=int, default=None, help="Chunks decoded together (default: 32 on CPU, all on GPU).")
+@click.option("--beam", type=int, default=1, show_default=True, help="Beam size (1 = greedy).")
+@click.option("--csv", "as_csv", is_flag=True, help="Also write a note list NAME.csv.")
+@click.option("--plot", is_flag=True, help="Also write a piano roll NAME.png (needs matplotlib).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def transcribe(audio, out, model, instruments, device, batch_size, beam, as_csv, plot, quiet):
+    """Transcribe audio files or folders (WAV, FLAC, OGG, MP3; any rate and channels) into multi-track MIDI."""
+    from .transcribe import transcribe as run
+
+    result = run(audio, out, model=model, instruments=instruments, device=device, batch_size=batch_size, beam=beam,
+                 as_csv=as_csv, plot=plot, progress=not quiet)
+    for src, dst, n_notes, seconds in result.written:
+        click.echo(f"{src} -> {dst} ({n_notes} notes, {seconds:.1f} s)")
+    if result.failed:
+        if not result.written and len(result.failed) == 1:
+            raise UserError(result.failed[0][1])
+        raise UserError(f"{len(result.failed)} of {len(result.failed) + len(result.written)} inputs failed: "
+                        + "; ".join(reason for _, reason in result.failed))
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # evaluate: mir_eval metrics as MT3 computes them (evaluate.py)
 
 @cli.command()

@@ -1,0 +1,236 @@
+"""Audio files -> multi-track General MIDI (decisions §7).
+
+Per file: decode and resample, the offline chain of training (high-pass, loudness, pre-emphasis, dither), 2.048 s
+chunks; chunks go through log-mel features and the model in batches (KV-cache greedy or beam decoding), and the
+chunks' tokens are stitched into notes (a note sounding at a chunk's end and absent from the next chunk's tie
+section ends at the boundary). Memory stays bounded on long inputs: features and decoder state exist for one batch
+of chunks at a time, and only the 16 kHz waveform of the file is held whole (230 MB per hour).
+"""
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+from .tokens import gm
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".opus")
+DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "default_model.safetensors"
+CPU_BATCH = 32  # chunks per batch on the CPU: ~65 s of audio, ~16 MB of features
+
+
+@dataclass
+class TranscribeResult:
+    """What one run produced."""
+
+    written: list = field(default_factory=list)  # (input, output MIDI, notes, seconds of audio)
+    failed: list = field(default_factory=list)  # (input, reason)
+
+
+def parse_instruments(spec: str | None) -> list[int] | None:
+    """'piano,bass,drums' or '0,33,128' -> sorted programs; None when not given."""
+    if spec is None or not spec.strip():
+        return None
+    try:
+        return sorted({gm.parse_instrument(s) for s in spec.split(",") if s.strip()})
+    except ValueError as e:
+        raise UserError(f"--instruments: {e}", exit_code=2)
+
+
+def collect_inputs(paths) -> list[Path]:
+    """Files as given; folders -> their audio files (sorted, not recursive)."""
+    files = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise UserError(f"{p}: no such file or folder")
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in AUDIO_SUFFIXES)
+            if not found:
+                raise UserError(f"{p}: no audio files ({', '.join(AUDIO_SUFFIXES)}) in this folder")
+            files += found
+        else:
+            files.append(p)
+    return files
+
+
+def output_paths(inputs: list[Path], out: Path) -> list[Path]:
+    """-o FILE.mid for a single input; otherwise -o is a folder that gets one NAME.mid per input."""
+    if out.suffix.lower() in (".mid", ".midi"):
+        if len(inputs) != 1:
+            raise UserError(f"{out}: several inputs need an output folder, not a .mid file", exit_code=2)
+        return [out]
+    names = [p.stem for p in inputs]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        raise UserError(f"inputs share the names {sorted(dupes)}: their MIDI files would overwrite each other",
+                        exit_code=2)
+    return [out / f"{n}.mid" for n in names]
+
+
+def resolve_device(device: str):
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available", exit_code=2)
+    return torch.device(device)
+
+
+class Transcriber:
+    """A loaded model with its features and audio config, ready to transcribe waveforms."""
+
+    def __init__(self, model_path: str | os.PathLike | None = None, device: str = "auto"):
+        import torch
+
+        from .config import AudioConfig, FeatureConfig
+        from .model.features import LogMel
+        from .model.io import load_model
+
+        path = Path(model_path) if model_path else DEFAULT_MODEL
+        if model_path is None and not path.exists():
+            raise UserError("no default model is bundled with this install yet: pass --model model.safetensors "
+                            "(train one with bin/train.py and `mt3ds export`)")
+        self.device = resolve_device(device)
+        self.model, self.meta = load_model(path, device=self.device)
+        self.audio_cfg = AudioConfig.from_dict(self.meta["audio_config"])
+        self.feature_cfg = FeatureConfig(**self.meta.get("feature_config", {}))
+        self.features = LogMel(self.feature_cfg, self.audio_cfg).to(self.device)
+        self.time_encoding = self.model.cfg.time_encoding
+        # bf16 inference where the GPU supports it (design Step 2 §8); the CPU keeps fp32 for exactness.
+        self.dtype = torch.bfloat16 if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+        if self.dtype != torch.float32:
+            self.model.to(self.dtype)
+        self.model.eval()
+
+    def instrument_tensor(self, programs: list[int] | None, batch: int):
+        import torch
+
+        if programs is None:
+            return None
+        multi_hot = torch.zeros(batch, 129, dtype=torch.bool, device=self.device)
+        multi_hot[:, programs] = True
+        return multi_hot
+
+    def decode_chunks(self, chunks: np.ndarray, programs=None, batch_size: int | None = None, beam: int = 1,
+                      use_cache: bool = True, progress=None) -> list[np.ndarray]:
+        """[n, chunk_samples] prepared audio -> each chunk's token ids (ending with EOS)."""
+        import torch
+
+        batch_size = batch_size or (len(chunks) if self.device.type == "cuda" else CPU_BATCH)
+        out = []
+        for start in range(0, len(chunks), batch_size):
+            audio = torch.from_numpy(np.ascontiguousarray(chunks[start:start + batch_size])).to(self.device)
+            with torch.no_grad():
+                feats = self.features(audio.float()).to(self.dtype)
+                tokens = self.model.generate(feats, self.instrument_tensor(programs, len(audio)), beam_size=beam,
+                                             use_cache=use_cache)
+            out += [_trim(row) for row in tokens.cpu().numpy()]
+            if progress is not None:
+                progress.update(len(audio))
+        return out
+
+    def transcribe_audio(self, audio: np.ndarray, seed_key: str, programs=None, batch_size=None, beam: int = 1,
+                         use_cache: bool = True, progress=None):
+        """16 kHz mono waveform -> (Notes, number of chunks)."""
+        from .data.audio import chunk, prepare
+        from .tokens.codec import decode_tokens
+
+        duration = len(audio) / self.audio_cfg.sample_rate
+        chunks = chunk(prepare(audio, self.audio_cfg, seed_key), self.audio_cfg)
+        tokens = self.decode_chunks(chunks, programs, batch_size, beam, use_cache, progress)
+        notes, _ = decode_tokens(tokens, chunk_seconds=self.audio_cfg.chunk_seconds,
+                                 time_encoding=self.time_encoding, end_s=duration)
+        return notes, len(chunks)
+
+
+def _trim(row: np.ndarray) -> np.ndarray:
+    """One generated row -> its ids up to and including the first EOS (PAD after it dropped)."""
+    eos = np.flatnonzero(row == 1)
+    return row[: eos[0] + 1] if len(eos) else row[row != 0]
+
+
+def write_csv(notes, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["onset_s", "offset_s", "pitch", "velocity", "program", "instrument"])
+        for i in range(len(notes)):
+            w.writerow([f"{notes.onset[i]:.4f}", f"{notes.offset[i]:.4f}", int(notes.pitch[i]),
+                        int(notes.velocity[i]), int(notes.program[i]), gm.program_name(int(notes.program[i]))])
+    os.replace(tmp, path)
+
+
+def write_plot(notes, path: Path, title: str) -> None:
+    """A piano roll PNG, one colour per instrument."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise UserError("--plot needs matplotlib: pip install 'mt3ds[plot]'", exit_code=2)
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(14, 6), dpi=100)
+    cmap = plt.get_cmap("tab20")
+    for i, prog in enumerate(np.unique(notes.program)):
+        sel = notes.program == prog
+        ax.barh(notes.pitch[sel], notes.offset[sel] - notes.onset[sel], left=notes.onset[sel], height=0.8,
+                color=cmap(i % 20), label=gm.program_name(int(prog)))
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("MIDI pitch")
+    ax.set_title(title)
+    if len(notes):
+        ax.legend(loc="upper right", fontsize=8)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def transcribe(inputs, out, model=None, instruments: str | None = None, device: str = "auto",
+               batch_size: int | None = None, beam: int = 1, as_csv: bool = False, plot: bool = False,
+               progress: bool = True) -> TranscribeResult:
+    """Transcribe audio files or folders into General MIDI files; a bad file is reported and the rest go on."""
+    from tqdm import tqdm
+
+    from .data.audio import load_audio
+    from .tokens.midi import write_midi
+
+    if beam < 1:
+        raise UserError(f"--beam must be at least 1, not {beam}", exit_code=2)
+    if batch_size is not None and batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, not {batch_size}", exit_code=2)
+    programs = parse_instruments(instruments)
+    files = collect_inputs(inputs)
+    outputs = output_paths(files, Path(out))
+    engine = Transcriber(model, device)
+    result = TranscribeResult()
+    bar = tqdm(total=0, unit="chunk", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    for src, dst in zip(files, outputs):
+        bar.set_description(src.name)
+        try:
+            audio = load_audio(src, engine.audio_cfg.sample_rate)
+            n_chunks = -(-len(audio) // engine.audio_cfg.chunk_samples)
+            bar.total += n_chunks
+            bar.refresh()
+            notes, _ = engine.transcribe_audio(audio, src.stem, programs, batch_size, beam, progress=bar)
+        except UserError as e:
+            reason = str(e) if str(src) in str(e) else f"{src}: {e}"
+            result.failed.append((str(src), reason))
+            if len(files) > 1:
+                bar.write(f"mt3ds: skipped {reason}", file=sys.stderr)
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        write_midi(notes, dst)
+        if as_csv:
+            write_csv(notes, dst.with_suffix(".csv"))
+        if plot:
+            write_plot(notes, dst.with_suffix(".png"), src.name)
+        result.written.append((str(src), str(dst), len(notes), len(audio) / engine.audio_cfg.sample_rate))
+    bar.close()
+    return result
