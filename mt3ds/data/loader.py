@@ -1,0 +1,479 @@
+"""Shard folders -> training and validation batches (decisions §4): temperature mixing, augmentation, padding.
+
+Training (`train_loader`): one endless stream per DataLoader worker on every rank. Each dataset's shards are
+resampled with replacement into a shuffle buffer; the datasets are interleaved sample by sample with weights
+n_d^alpha / sum_d n_d^alpha (n_d = samples in the manifest, alpha = 0.7); each sample is augmented; samples are
+collated into padded batches inside the worker. Every random choice is seeded from (seed, rank, worker, epoch), so
+a run is reproducible and no two workers or ranks read the same stream. No node splitting is needed or done: the
+streams are independent draws, which is why WebDataset's default `single_node_only` splitter (it raises when
+WORLD_SIZE > 1) is not used. Call `loader.dataset.set_epoch(k)` when re-iterating or resuming so the streams move on.
+
+Validation (`validation_loader`): every shard of every folder once, in order, split by rank and then by worker
+(rank r of R takes shards r, r + R, ...; worker w of W takes every W-th of those), no resampling, no shuffle, no
+augmentation: each validation sample is read exactly once per pass across all workers and ranks. A worker or rank
+left without a shard yields nothing. Rank and world size are resolved once in the main process (torch.distributed
+when initialized, else RANK / WORLD_SIZE) and travel with the dataset object into the workers.
+
+Bad input: a folder without manifest.json, a manifest from another vocabulary, audio config or format, a shard listed
+but absent, an empty dataset in the mix: UserError before anything is read. A corrupt tar or tar member is skipped
+and counted (batch["skipped"], since the worker's previous batch); the first one per process is logged as a warning.
+
+A batch (see `collate`): audio float32 [B, 32768]; tokens, decoder_input, labels int64 [B, T] with T the longest
+sequence in the batch; attention_mask bool [B, T]; instruments bool [B, 129]; with aux_frame_loss, frame_onsets and
+frame_active float32 [B, 256, 88]; keys, meta (each sample's json) and skipped for bookkeeping.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from ..config import AudioConfig, FeatureConfig
+from ..errors import UserError
+from ..tokens import vocab
+from ..tokens.codec import decode_tokens, to_absolute
+from .augment import AugmentConfig, Augmenter
+
+MANIFEST_FORMAT = "mt3ds-shards-v1"
+SHARD_TIME_ENCODING = "delta"  # shards always hold the canonical form (decisions §3)
+IGNORE_INDEX = -100  # labels at PAD positions: ignored by cross-entropy
+N_INSTRUMENTS = vocab.DRUM_PROGRAM + 1  # programs 0..127 and drums as 128
+N_KEYS = vocab.MAX_PITCH - vocab.MIN_PITCH + 1  # 88 piano keys in the frame rolls
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    """The data loader (design.md Step 1 §4): batching, workers, mixing, augmentation and targets."""
+
+    batch_size: int = 16
+    """Samples per batch, per rank."""
+    num_workers: int = 8
+    """DataLoader worker processes per rank (0: read in the main process)."""
+    prefetch_factor: int = 4
+    """Batches each worker prepares ahead (only with workers)."""
+    pin_memory: bool = True
+    """Pin batches in page-locked memory for faster host-to-GPU copies (only when CUDA is present)."""
+    shuffle_buffer: int = 1000
+    """Samples held per dataset per worker for shuffling (~66 KB each)."""
+    shuffle_initial: int = 100
+    """Samples gathered before the first one leaves the shuffle buffer."""
+    mix_alpha: float = 0.7
+    """Temperature exponent: dataset d is drawn with weight n_d^alpha / sum (1 = proportional, 0 = uniform)."""
+    seed: int = 0
+    """Seeds shard picks, shuffling, mixing phase and augmentation, together with rank, worker and epoch."""
+    augment: bool = True
+    """Waveform augmentation of training samples (never of validation samples)."""
+    augmentation: AugmentConfig = field(default_factory=AugmentConfig)
+    """Probabilities and ranges of the augmentation."""
+    time_encoding: str = "absolute"
+    """Shift tokens the model reads: absolute (rewritten from the shards' delta) or delta (decisions §3)."""
+    aux_frame_loss: bool = False
+    """Also build per-frame onset and active 88-key rolls from each chunk's tokens (decisions §5)."""
+    max_bad_in_a_row: int = 1000
+    """Unreadable samples or shards in a row after which a dataset is declared unreadable (UserError)."""
+
+    def __post_init__(self):
+        if self.batch_size < 1 or self.num_workers < 0 or self.prefetch_factor < 1:
+            raise ValueError("batch_size >= 1, num_workers >= 0 and prefetch_factor >= 1 are required")
+        if self.shuffle_buffer < 1 or not 1 <= self.shuffle_initial <= self.shuffle_buffer:
+            raise ValueError("need shuffle_buffer >= 1 and 1 <= shuffle_initial <= shuffle_buffer")
+        if self.mix_alpha < 0:
+            raise ValueError("mix_alpha must be >= 0")
+        if self.time_encoding not in ("absolute", "delta"):
+            raise ValueError(f"time_encoding must be absolute or delta, not {self.time_encoding!r}")
+        if self.max_bad_in_a_row < 1:
+            raise ValueError("max_bad_in_a_row must be >= 1")
+
+    @classmethod
+    def tiny(cls) -> "LoaderConfig":
+        """Small batches read in the main process: tests and smoke runs."""
+        return cls(batch_size=4, num_workers=0, prefetch_factor=1, pin_memory=False, shuffle_buffer=16,
+                   shuffle_initial=4)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LoaderConfig":
+        d = dict(d)
+        if isinstance(d.get("augmentation"), dict):
+            d["augmentation"] = AugmentConfig.from_dict(d["augmentation"])
+        return cls(**d)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Manifests
+
+@dataclass(frozen=True)
+class ShardSet:
+    """One dataset split's shards, as its manifest.json describes them."""
+
+    folder: str
+    dataset: str
+    split: str
+    urls: tuple[str, ...]  # shard paths, in manifest order, shards that hold no sample left out
+    samples: int  # chunks in the split (n_d of the mixing weights)
+
+
+def read_manifest(folder, audio: AudioConfig = AudioConfig()) -> ShardSet:
+    """Check a shard folder's manifest.json against this code's vocabulary, audio config and format."""
+    folder = Path(folder)
+    path = folder / "manifest.json"
+    if not folder.is_dir():
+        raise UserError(f"{folder}: not a folder of shards")
+    if not path.is_file():
+        raise UserError(f"{folder}: no manifest.json, so not a shard folder (shards are written by `mt3ds shard`)")
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: unreadable manifest ({e})") from None
+    if not isinstance(m, dict):
+        raise UserError(f"{path}: not a manifest (expected a JSON object)")
+    checks = [("format", MANIFEST_FORMAT, "shard format"), ("vocab_version", vocab.VOCAB_VERSION, "vocabulary"),
+              ("audio_version", audio.version, "audio config"), ("time_encoding", SHARD_TIME_ENCODING,
+                                                                 "time encoding")]
+    for key, ours, what in checks:
+        if m.get(key) != ours:
+            raise UserError(f"{path}: shards were written with {what} {m.get(key)!r} but this code uses {ours!r}; "
+                            f"re-shard the dataset with this version")
+    try:
+        shards = [(str(s["name"]), int(s["samples"])) for s in m["shards"]]
+        samples, dataset, split = int(m["samples"]), str(m["dataset"]), str(m["split"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{path}: malformed manifest ({type(e).__name__}: {e})") from None
+    urls = []
+    for name, n in shards:
+        shard = folder / name
+        if not shard.is_file():
+            raise UserError(f"{shard}: listed in {path} but missing")
+        if n > 0:
+            urls.append(str(shard.resolve()))
+    return ShardSet(str(folder), dataset, split, tuple(urls), samples if urls else 0)
+
+
+def mix_weights(samples, alpha: float = 0.7) -> np.ndarray:
+    """Temperature-scaled dataset weights: n_d^alpha / sum_d n_d^alpha (decisions §4)."""
+    n = np.asarray(samples, dtype=np.float64)
+    w = n ** alpha
+    return w / w.sum()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Samples
+
+def decode_sample(raw: dict, audio: AudioConfig = AudioConfig()) -> dict:
+    """A tar sample (bytes per member) -> key, audio float16 [32768], tokens int16 EOS-terminated, meta dict.
+    np.load runs with allow_pickle=False (WebDataset's own npy decoder is not used). Raises ValueError if malformed."""
+    for member in ("audio.npy", "tokens.npy", "json"):
+        if member not in raw:
+            raise ValueError(f"missing member {member}")
+    wav = np.load(io.BytesIO(raw["audio.npy"]), allow_pickle=False)
+    if wav.dtype != np.float16 or wav.shape != (audio.chunk_samples,):
+        raise ValueError(f"audio.npy is {wav.dtype} {wav.shape}, expected float16 ({audio.chunk_samples},)")
+    ids = np.load(io.BytesIO(raw["tokens.npy"]), allow_pickle=False)
+    if ids.dtype != np.int16 or ids.ndim != 1 or len(ids) == 0 or ids[-1] != vocab.EOS:
+        raise ValueError(f"tokens.npy is {ids.dtype} {ids.shape}, expected int16 ending with EOS")
+    if ids.min() < 0 or ids.max() >= vocab.VOCAB_SIZE:
+        raise ValueError("tokens.npy holds ids outside the vocabulary")
+    meta = json.loads(raw["json"].decode("utf-8"))
+    programs = meta.get("programs") if isinstance(meta, dict) else None
+    if not isinstance(programs, list) or not all(isinstance(p, int) and 0 <= p < N_INSTRUMENTS for p in programs):
+        raise ValueError("json has no list of programs 0..128")
+    return {"key": raw["__key__"], "audio": wav, "tokens": ids, "meta": meta}
+
+
+_warned = False  # one warning per process for bad data; the rest are counted in batches
+
+
+class _Skips:
+    """Counts unreadable shards and samples in one worker; gives up on a dataset that yields only bad data."""
+
+    def __init__(self, limit: int):
+        self.limit, self.in_a_row, self.since_batch, self.total = limit, 0, 0, 0
+
+    def bad(self, where: str, why) -> None:
+        global _warned
+        self.in_a_row += 1
+        self.since_batch += 1
+        self.total += 1
+        if not _warned:
+            _warned = True
+            log.warning("%s: skipped (%s); later bad samples are only counted (batch['skipped'])", where, why)
+        if self.in_a_row >= self.limit:
+            raise UserError(f"{where}: {self.in_a_row} unreadable samples or shards in a row; last: {why}")
+
+    def good(self) -> None:
+        self.in_a_row = 0
+
+    def handler(self, exn: Exception) -> bool:
+        """WebDataset error handler (tar open/read/grouping): count and go on."""
+        where = next((a for a in reversed(exn.args) if isinstance(a, str) and a.endswith(".tar")), "shard")
+        self.bad(where, f"{type(exn).__name__}: {exn.args[0] if exn.args else ''}")
+        return True
+
+    def take(self) -> int:
+        n, self.since_batch = self.since_batch, 0
+        return n
+
+
+def _decode_stage(skips: _Skips):
+    def stage(raw_samples):
+        for raw in raw_samples:
+            try:
+                sample = decode_sample(raw)
+            except (ValueError, KeyError, TypeError, OSError, EOFError) as e:
+                skips.bad(f"{raw.get('__url__', 'shard')}:{raw.get('__key__', '?')}", f"{type(e).__name__}: {e}")
+                continue
+            skips.good()
+            yield sample
+    return stage
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Batches
+
+def frame_targets(ids: np.ndarray, features: FeatureConfig = FeatureConfig(),
+                  audio: AudioConfig = AudioConfig()) -> tuple[np.ndarray, np.ndarray]:
+    """One chunk's canonical (delta) ids -> onset and active rolls, float32 [frames, 88] (decisions §5).
+
+    Frame t covers [t * hop / sr, (t + 1) * hop / sr). Onsets: the frame holding each note's onset; a note tied in
+    from the previous chunk has no onset here. Active: every frame overlapping [onset, offset), tied notes from the
+    chunk start, notes still sounding at the end to the last frame. Drums are left out: they have no pitch to roll
+    and no duration (their onsets are learned from the tokens alone).
+    """
+    frame_s = features.hop_length / audio.sample_rate
+    chunk_s = audio.chunk_seconds
+    rolls = []
+    for tie_starts_notes in (False, True):  # False: only notes that start here; True: tied notes too
+        notes, _ = decode_tokens([ids], chunk_seconds=chunk_s, tie_starts_notes=tie_starts_notes)
+        rolls.append(notes.select(notes.program != vocab.DRUM_PROGRAM))
+    starting, sounding = rolls
+    onsets = np.zeros((features.frames, N_KEYS), dtype=np.float32)
+    t = np.floor(starting.onset / frame_s + 1e-6).astype(np.int64)
+    ok = (t >= 0) & (t < features.frames)
+    onsets[t[ok], starting.pitch[ok] - vocab.MIN_PITCH] = 1.0
+    first = np.clip(np.floor(sounding.onset / frame_s + 1e-6).astype(np.int64), 0, features.frames)
+    stop = np.clip(np.ceil(sounding.offset / frame_s - 1e-6).astype(np.int64), 0, features.frames)  # exclusive
+    edges = np.zeros((features.frames + 1, N_KEYS), dtype=np.int32)
+    keys = sounding.pitch - vocab.MIN_PITCH
+    np.add.at(edges, (first, keys), 1)
+    np.add.at(edges, (np.maximum(stop, first), keys), -1)
+    active = (np.cumsum(edges[:-1], axis=0) > 0).astype(np.float32)
+    return onsets, active
+
+
+def collate(samples: list[dict], time_encoding: str = "absolute", aux_frame_loss: bool = False) -> dict:
+    """Decoded samples -> one batch of tensors, tokens padded to the longest sequence in the batch.
+
+    decoder_input is the tokens shifted right behind PAD (PAD is the decoder's start token, T5/MT3); labels are the
+    tokens with IGNORE_INDEX at padding; attention_mask is True on the first len(tokens) positions of both.
+    """
+    b = len(samples)
+    ids = [to_absolute(s["tokens"]) if time_encoding == "absolute" else s["tokens"] for s in samples]
+    lengths = np.array([len(x) for x in ids])
+    tokens = np.full((b, int(lengths.max())), vocab.PAD, dtype=np.int64)
+    for i, x in enumerate(ids):
+        tokens[i, :len(x)] = x
+    mask = np.arange(tokens.shape[1])[None, :] < lengths[:, None]  # [B, T]
+    decoder_input = np.full_like(tokens, vocab.PAD)
+    decoder_input[:, 1:] = tokens[:, :-1]
+    instruments = np.zeros((b, N_INSTRUMENTS), dtype=bool)
+    for i, s in enumerate(samples):
+        instruments[i, s["meta"]["programs"]] = True
+    batch = {
+        "audio": torch.from_numpy(np.stack([s["audio"] for s in samples]).astype(np.float32)),  # [B, samples]
+        "tokens": torch.from_numpy(tokens),
+        "decoder_input": torch.from_numpy(decoder_input),
+        "labels": torch.from_numpy(np.where(mask, tokens, IGNORE_INDEX)),
+        "attention_mask": torch.from_numpy(mask),
+        "instruments": torch.from_numpy(instruments),
+        "keys": [s["key"] for s in samples],
+        "meta": [s["meta"] for s in samples],
+    }
+    if aux_frame_loss:
+        rolls = [frame_targets(s["tokens"]) for s in samples]  # from the canonical delta tokens
+        batch["frame_onsets"] = torch.from_numpy(np.stack([r[0] for r in rolls]))  # [B, 256, 88]
+        batch["frame_active"] = torch.from_numpy(np.stack([r[1] for r in rolls]))
+    return batch
+
+
+def _batches(samples: Iterator[dict], cfg: LoaderConfig, skips: _Skips, partial: bool) -> Iterator[dict]:
+    batch = []
+    for s in samples:
+        batch.append(s)
+        if len(batch) == cfg.batch_size:
+            yield _collated(batch, cfg, skips)
+            batch = []
+    if batch and partial:
+        yield _collated(batch, cfg, skips)
+
+
+def _collated(batch, cfg, skips):
+    out = collate(batch, cfg.time_encoding, cfg.aux_frame_loss)
+    out["skipped"] = skips.take()
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Streams
+
+def node_rank() -> tuple[int, int]:
+    """(rank, world size): from torch.distributed when initialized, else RANK / WORLD_SIZE, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    try:
+        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        raise UserError(f"RANK={os.environ.get('RANK')!r} WORLD_SIZE={os.environ.get('WORLD_SIZE')!r}: "
+                        f"not integers") from None
+    if not 0 <= rank < world:
+        raise UserError(f"RANK={rank} WORLD_SIZE={world}: need 0 <= RANK < WORLD_SIZE")
+    return rank, world
+
+
+def _worker() -> tuple[int, int]:
+    info = get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
+def _seeds(*entropy: int, n: int) -> list[int]:
+    """n independent 31-bit seeds from the given integers (numpy SeedSequence)."""
+    return [int(s.generate_state(1)[0] >> 1) for s in np.random.SeedSequence(list(entropy)).spawn(n)]
+
+
+def interleave(streams: list[Iterator], weights: np.ndarray, rng: np.random.Generator) -> Iterator:
+    """Sample-level mixing that keeps every prefix of the output within about one sample per dataset of the target
+    shares (smooth weighted round-robin: each step every dataset earns its weight in credit, the richest is drawn and
+    pays 1). The starting credit is random so workers do not draw in step; which sample comes next from a dataset is
+    random already (resampled shards and the shuffle buffer)."""
+    credit = rng.random(len(weights))
+    while True:
+        credit += weights
+        d = int(np.argmax(credit))
+        credit[d] -= 1.0
+        yield next(streams[d])
+
+
+class TrainStream(IterableDataset):
+    """Endless training batches mixed from one or more shard folders (one per dataset)."""
+
+    def __init__(self, folders, cfg: LoaderConfig = LoaderConfig(), rank: int | None = None,
+                 world_size: int | None = None):
+        folders = [folders] if isinstance(folders, (str, os.PathLike)) else list(folders)
+        if not folders:
+            raise UserError("no shard folders given to train on")
+        self.sets = [read_manifest(f) for f in folders]
+        for s in self.sets:
+            if s.samples == 0:
+                raise UserError(f"{s.folder}: dataset {s.dataset!r} split {s.split!r} holds no samples; "
+                                f"it cannot be mixed (leave it out)")
+        self.cfg = cfg
+        self.weights = mix_weights([s.samples for s in self.sets], cfg.mix_alpha)
+        self.rank, self.world_size = node_rank() if rank is None else (rank, world_size or 1)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Move every stream on (call before re-iterating, and with the step count when resuming)."""
+        self.epoch = int(epoch)
+
+    def _dataset_stream(self, s: ShardSet, shard_seed: int, shuffle_seed: int, skips: _Skips):
+        cfg = self.cfg
+        return iter(wds.DataPipeline(
+            # shard paths drawn with replacement, seeded per (seed, rank, worker, epoch, dataset)
+            wds.ResampledShards(list(s.urls), seed=shard_seed, worker_seed=lambda: 0, deterministic=True),
+            # tar members grouped into samples by key; an unreadable shard is counted and skipped
+            wds.tarfile_to_samples(handler=skips.handler),
+            # a buffer shuffling samples across the shards being read (still raw bytes: cheap to hold)
+            wds.shuffle(cfg.shuffle_buffer, initial=cfg.shuffle_initial, seed=shuffle_seed),
+            # bytes -> arrays with allow_pickle=False; a malformed sample is counted and skipped
+            _decode_stage(skips),
+        ))
+
+    def __iter__(self):
+        cfg = self.cfg
+        worker, _ = _worker()
+        n = len(self.sets)
+        mix_seed, aug_seed, *seeds = _seeds(cfg.seed, self.rank, worker, self.epoch, n=2 + 2 * n)
+        skips = _Skips(cfg.max_bad_in_a_row)
+        # one stream of decoded samples per dataset
+        streams = [self._dataset_stream(s, seeds[2 * i], seeds[2 * i + 1], skips) for i, s in enumerate(self.sets)]
+        # datasets mixed sample by sample with the temperature weights
+        samples = interleave(streams, self.weights, np.random.default_rng(mix_seed))
+        # waveform augmentation, deterministic per (seed, rank, worker, epoch)
+        if cfg.augment:
+            samples = _augmented(samples, Augmenter(cfg.augmentation, aug_seed))
+        # padded batches, collated here in the worker
+        yield from _batches(samples, cfg, skips, partial=False)
+
+
+def _augmented(samples, augmenter: Augmenter):
+    for s in samples:
+        s["audio"] = augmenter(s["audio"])
+        yield s
+
+
+class ValidationStream(IterableDataset):
+    """Each sample of the given shard folders exactly once per pass, across workers and ranks; no augmentation."""
+
+    def __init__(self, folders, cfg: LoaderConfig = LoaderConfig(), rank: int | None = None,
+                 world_size: int | None = None):
+        folders = [folders] if isinstance(folders, (str, os.PathLike)) else list(folders)
+        if not folders:
+            raise UserError("no validation shard folders given")
+        self.sets = [read_manifest(f) for f in folders]
+        if sum(s.samples for s in self.sets) == 0:
+            raise UserError(f"{', '.join(s.folder for s in self.sets)}: no validation samples")
+        self.cfg = cfg
+        self.urls = [u for s in self.sets for u in s.urls]
+        self.rank, self.world_size = node_rank() if rank is None else (rank, world_size or 1)
+
+    def __iter__(self):
+        worker, n_workers = _worker()
+        skips = _Skips(self.cfg.max_bad_in_a_row)
+        samples = wds.DataPipeline(
+            # every shard of every folder, in manifest order
+            wds.SimpleShardList(self.urls),
+            # this rank's share (shards rank, rank + world, ...), then this worker's share of those
+            lambda src: islice(src, self.rank, None, self.world_size),
+            lambda src: islice(src, worker, None, n_workers),
+            # tar members grouped into samples; an unreadable shard is counted and skipped
+            wds.tarfile_to_samples(handler=skips.handler),
+            # bytes -> arrays with allow_pickle=False; a malformed sample is counted and skipped
+            _decode_stage(skips),
+        )
+        # padded batches; the last one of each worker may be short
+        yield from _batches(iter(samples), self.cfg, skips, partial=True)
+
+
+def _data_loader(dataset: IterableDataset, cfg: LoaderConfig) -> DataLoader:
+    kw = {"batch_size": None, "num_workers": cfg.num_workers,
+          "pin_memory": cfg.pin_memory and torch.cuda.is_available()}
+    if cfg.num_workers > 0:
+        kw["prefetch_factor"] = cfg.prefetch_factor
+    return DataLoader(dataset, **kw)
+
+
+def train_loader(folders, cfg: LoaderConfig = LoaderConfig(), rank: int | None = None,
+                 world_size: int | None = None) -> DataLoader:
+    """Endless mixed, augmented training batches from shard folders (one per dataset)."""
+    return _data_loader(TrainStream(folders, cfg, rank, world_size), cfg)
+
+
+def validation_loader(folders, cfg: LoaderConfig = LoaderConfig(), rank: int | None = None,
+                      world_size: int | None = None) -> DataLoader:
+    """One pass over validation shard folders per iteration: every sample exactly once, not augmented."""
+    return _data_loader(ValidationStream(folders, cfg, rank, world_size), cfg)
