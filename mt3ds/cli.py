@@ -94,6 +94,102 @@ def evaluate(ref, est, as_json):
     click.echo(json.dumps(result) if as_json else format_table(result))
 
 
+# --- index, shard, inspect (data/index.py, data/shards.py) ---------------------------------------------------------
+
+_DATASETS = ("maestro", "slakh", "slakh_stems")
+
+
+@cli.command("index")
+@click.option("--dataset", required=True, type=click.Choice(_DATASETS), help="Layout to read (decisions §1).")
+@click.option("--root", required=True, type=click.Path(), help="The dataset's folder, as published.")
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="JSON-lines file of track records.")
+@click.option("--splits", default="train,validation,test", show_default=True,
+              help="Comma-separated splits; 'omitted' adds Slakh's omitted tracks.")
+def index_command(dataset, root, out, splits):
+    """Index a dataset into track records (one JSON object per line)."""
+    from .data.index import write_index
+
+    result = write_index(dataset, root, out, splits)
+    click.echo(f"{len(result.records)} track records -> {out}")
+    if result.skipped:
+        click.echo(f"skipped {len(result.skipped)}:", err=True)
+        for s in result.skipped:
+            click.echo(f"  {s.path}: {s.reason}", err=True)
+
+
+@cli.command("shard")
+@click.option("--dataset", required=True, type=click.Choice(_DATASETS), help="Layout to read (decisions §1).")
+@click.option("--root", required=True, type=click.Path(), help="The dataset's folder, as published.")
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Output folder (one per split).")
+@click.option("--splits", default="train,validation,test", show_default=True,
+              help="Comma-separated splits; 'omitted' adds Slakh's omitted tracks.")
+@click.option("--workers", type=int, default=0, help="Parallel track workers (default: every CPU core).")
+@click.option("--shard-size", default="1GB", show_default=True, help="Largest shard: 1GB, 500MB, 64MiB, ...")
+@click.option("--part", default=None, help="i/N: shard only the i-th of N deterministic parts (N machines).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def shard_command(dataset, root, out, splits, workers, shard_size, part, quiet):
+    """Index a dataset, run the offline audio chain, write WebDataset shards and a manifest per split."""
+    import os
+
+    from .data.shards import shard, summary_lines
+
+    summaries = shard(dataset, root, out, splits=splits, workers=workers or os.cpu_count() or 1,
+                      shard_size=shard_size, part=part, progress=not quiet)
+    for line in summary_lines(summaries):
+        click.echo(line)
+
+
+@cli.command("inspect")
+@click.argument("path", type=click.Path())
+@click.option("--sample", default=None, help="A sample key, e.g. Track00001_00003.")
+@click.option("--wav", type=click.Path(dir_okay=False), default=None, help="Write the sample's audio here.")
+@click.option("--midi", type=click.Path(dir_okay=False), default=None, help="Write the sample's tokens as MIDI here.")
+def inspect_command(path, sample, wav, midi):
+    """Summarize shards (manifests); dump one sample's audio and decoded tokens to check alignment."""
+    from .data.shards import inspect
+
+    for line in inspect(path, sample=sample, wav=wav, midi=midi):
+        click.echo(line)
+
+# --- end index, shard, inspect -------------------------------------------------------------------------------------
+
+# --- synth (synth/) ------------------------------------------------------------------------------------------------
+
+@cli.command("synth")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Dataset folder to write (or complete).")
+@click.option("--layout", required=True, type=click.Choice(["slakh", "maestro"]),
+              help="Slakh2100 (ensembles, stems, drums) or MAESTRO (solo piano) as published.")
+@click.option("--soundfont", "soundfonts", multiple=True, type=click.Path(dir_okay=False),
+              help="SoundFont to render with (repeat for several; default: FluidR3_GM and TimGM6mb).")
+@click.option("--hours", type=float, default=1.0, show_default=True, help="Audio to render in all.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same files.")
+@click.option("--workers", type=int, default=0, help="Parallel processes (default: every CPU core).")
+@click.option("--max-seconds", type=float, default=300.0, show_default=True,
+              help="Longer works are rendered as excerpts of whole bars at most this long.")
+@click.option("--parse-timeout", type=float, default=60.0, show_default=True, help="Seconds per music21 file.")
+@click.option("--cache", type=click.Path(file_okay=False), default=None,
+              help="Parsed-work cache (default: $XDG_CACHE_HOME/mt3ds/music21).")
+@click.option("--work", "works", multiple=True, help="Render only this music21 corpus file (repeatable).")
+@click.option("--holdout", type=click.Path(dir_okay=False), default=None,
+              help="List of held-out works (default: the one bundled with mt3ds).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def synth_command(out, layout, soundfonts, hours, seed, workers, max_seconds, parse_timeout, cache, works, holdout,
+                  quiet):
+    """Render real music (music21 corpus) with SoundFonts into a Slakh2100 or MAESTRO layout."""
+    import os
+
+    from .synth.run import SynthOptions, run_synth, summary_lines
+
+    summary = run_synth(SynthOptions(out=out, layout=layout, soundfonts=list(soundfonts), hours=hours, seed=seed,
+                                     workers=workers or os.cpu_count() or 1, max_seconds=max_seconds,
+                                     parse_timeout=parse_timeout, cache=cache, works=list(works) or None,
+                                     holdout=holdout, progress=not quiet))
+    for line in summary_lines(summary):
+        click.echo(line)
+
+# --- end synth -----------------------------------------------------------------------------------------------------
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # bench: every benchmark prints a table, or one JSON object with --json
 
@@ -148,13 +244,51 @@ def bench_model(as_json, presets, batch, train_tokens, decode_batch, decode_toke
 
 # --- end bench model -----------------------------------------------------------------------------------------------
 
+# --- bench shard (data/shards.py, data/audio.py) ------------------------------------------------------------------
+
+@bench.command("shard")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object of the figures.")
+@click.option("--minutes", type=float, default=4.0, show_default=True, help="Audio generated (44.1 kHz stereo FLAC).")
+@click.option("--tracks", type=int, default=8, show_default=True, help="Tracks the audio is split into.")
+@click.option("--repeats", type=int, default=2, show_default=True, help="Timed repetitions (best is kept).")
+def bench_shard(as_json, minutes, tracks, repeats):
+    """Shard a generated MAESTRO-layout dataset with 1 and 2 workers against the decode+resample floor."""
+    from .bench.shard import bench_shard as run
+
+    _print_figures(run(minutes=minutes, tracks=tracks, repeats=repeats), as_json)
+
+# --- end bench shard -----------------------------------------------------------------------------------------------
+
+# --- bench synth (synth/) ------------------------------------------------------------------------------------------
+
+@bench.command("synth")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object of the figures.")
+@click.option("--seconds", type=float, default=60.0, show_default=True, help="Length of each rendered excerpt.")
+def bench_synth(as_json, seconds):
+    """Render fixed works (Slakh layout, both SoundFonts): audio seconds per second of one core, by stage."""
+    from .bench.synth import bench_synth as run
+
+    _print_figures(run(seconds=seconds), as_json)
+
+# --- end bench synth -----------------------------------------------------------------------------------------------
+
 
 def _print_figures(figures: dict, as_json: bool) -> None:
+    """One JSON object with --json, else an aligned table (nested dicts flattened as parent.child)."""
     if as_json:
         click.echo(json.dumps(figures))
         return
-    width = max(len(k) for k in figures)
-    for key, value in figures.items():
+
+    def flat(d, prefix=""):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                yield from flat(v, f"{prefix}{k}.")
+            else:
+                yield f"{prefix}{k}", v
+
+    rows = list(flat(figures))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
         shown = f"{value:,.3f}" if isinstance(value, float) else str(value)
         click.echo(f"{key:<{width}}  {shown}")
 
