@@ -18,10 +18,10 @@ def n_params(cfg: ModelConfig) -> int:
     ("base", {}, 36_693_504),
     ("base_v2", {}, 45_060_608),  # SwiGLU adds a third 512 x 1024 matrix per block
     ("tiny", {"conditioning": "decoder_pool"}, 248_256),
-    ("tiny", {"conditioning": "decoder_pool", "instrument_pool": "attention"}, 249_345),
+    ("tiny", {"conditioning": "decoder_pool", "instrument_pool": "attention"}, 249_344),
     ("tiny", {"conditioning": "encoder_film"}, 264_896),
-    ("tiny", {"conditioning": "dual_stream"}, 289_728),
-    ("small", {"conditioning": "dual_stream"}, 10_501_760),
+    ("tiny", {"conditioning": "dual_stream"}, 298_048),
+    ("small", {"conditioning": "dual_stream"}, 10_764_416),
     ("tiny", {"aux_frame_loss": True}, 253_424),
     ("tiny", {"tie_embeddings": False, "positions": "learned"}, 727_168),
 ])
@@ -68,7 +68,7 @@ def test_dict_round_trip_and_unknown_keys():
     ({"resid_dropout": 1.0}, "resid_dropout"),
     ({"positions": "rope", "head_dim": 15}, "even for rope"),
     ({"max_tokens": 4096}, "exceeds max_dec_len"),
-    ({"conditioning": "dual_stream", "instrument_layers": 3}, "instrument_layers"),
+    ({"conditioning": "dual_stream", "instrument_layers": 2}, "instrument_layers"),
     ({"aux_pos_weight": 0.0}, "aux_pos_weight"),
 ])
 def test_bad_values_are_refused(overrides, message):

@@ -2,8 +2,8 @@
 
 `attention(q, k, v, ...)` dispatches to one backend:
     flash  the `flash_attn` package (CUDA, fp16/bf16) when installed, else PyTorch SDPA limited to its flash
-           kernel. Flash takes no explicit mask or bias, so a call that needs one (ALiBi, instrument padding,
-           a causal mask with more keys than queries) runs on SDPA's memory-efficient kernel instead.
+           kernel. Flash takes no explicit mask or bias on CUDA, so a call that needs one (ALiBi, instrument
+           padding, a causal mask with more keys than queries) runs on SDPA's memory-efficient kernel instead.
     sdpa   torch.nn.functional.scaled_dot_product_attention, which picks its own kernel.
     math   softmax(q k^T / sqrt(d) + bias) v written out, softmax in fp32: the reference the tests compare with.
     auto   flash_attn when it can run the call, else SDPA (which uses flash on GPUs that support it).
@@ -47,7 +47,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
     if causal and Tq == 1:
         causal = False  # one new query sees every cached key
     if backend == "math":
-        return _math_attention(q, k, v, causal=causal, bias=_combine(bias, key_mask, causal, Tq, Tk, q), dropout_p=dropout_p)
+        mask = _combine(bias, key_mask, causal, Tq, Tk, q)
+        return _math_attention(q, k, v, bias=mask, dropout_p=dropout_p)
     needs_mask = bias is not None or key_mask is not None or (causal and Tq != Tk)
     if backend in ("auto", "flash") and not needs_mask and _flash_attn_usable(q):
         out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),  # (B, T, H, D)
@@ -58,8 +59,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
     if backend == "flash":
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        kernels = [SDPBackend.FLASH_ATTENTION] if mask is None else [SDPBackend.FLASH_ATTENTION,
-                                                                     SDPBackend.EFFICIENT_ATTENTION]
+        kernels = [SDPBackend.FLASH_ATTENTION]
+        if mask is not None:  # flash takes no mask on CUDA: the next kernels in line take it
+            kernels += [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
         with sdpa_kernel(kernels):
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
@@ -83,7 +85,7 @@ def _combine(bias, key_mask, causal: bool, Tq: int, Tk: int, q: torch.Tensor) ->
     return mask
 
 
-def _math_attention(q, k, v, *, causal: bool, bias: torch.Tensor | None, dropout_p: float) -> torch.Tensor:
+def _math_attention(q, k, v, *, bias: torch.Tensor | None, dropout_p: float) -> torch.Tensor:
     scores = torch.matmul(q.float(), k.float().transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, H, Tq, Tk)
     if bias is not None:
         scores = scores + bias.float()

@@ -78,7 +78,7 @@ def alibi_slopes(heads: int, device=None) -> torch.Tensor:
 def alibi_bias(q_pos: torch.Tensor, k_pos: torch.Tensor, heads: int) -> torch.Tensor:
     """-slope * |i - j|, fp32 (1, H, Tq, Tk). Symmetric, so it also serves the bidirectional encoder."""
     distance = (q_pos[:, None] - k_pos[None, :]).abs().float()  # (Tq, Tk)
-    return -alibi_slopes(heads, q_pos.device)[:, None, None] * distance[None]  # (1, H, Tq, Tk) after [None]
+    return (-alibi_slopes(heads, q_pos.device)[:, None, None] * distance)[None]  # (1, H, Tq, Tk)
 
 
 class Positions(nn.Module):

@@ -8,8 +8,8 @@ a list.
 
     decoder_pool  (3.1) pooled set embedding -> linear -> added to every decoder token embedding
     encoder_film  (3.2) pooled set embedding -> MLP -> (gamma, beta) per encoder block, h <- gamma * h + beta
-    dual_stream   (3.3) an instrument stream that exchanges cross-attention with the audio stream in the last
-                  cfg.instrument_layers encoder blocks; the fused audio stream goes to the decoder as usual
+    dual_stream   (3.3) an instrument stream (cfg.instrument_layers deep) that exchanges cross-attention with
+                  the audio stream in the last encoder blocks; the fused audio stream goes to the decoder as usual
 """
 from __future__ import annotations
 
@@ -41,18 +41,21 @@ def instrument_sequence(instruments: torch.Tensor | None, batch: int, device, dr
     valid = torch.arange(k, device=device)[None, :] < counts[:, None]  # (B, k)
     ids = torch.where(valid, order, torch.zeros_like(order))
     first = torch.full((batch, 1), UNKNOWN, dtype=ids.dtype, device=device)
-    return torch.cat([first, ids], 1), torch.cat([torch.ones_like(valid[:, :1]), valid], 1)  # (B, 1 + k)
+    always = torch.ones(batch, 1, dtype=torch.bool, device=device)
+    return torch.cat([first, ids], 1), torch.cat([always, valid], 1)  # (B, 1 + k)
 
 
 class InstrumentSet(nn.Module):
-    """Embeds an instrument set as a sequence (B, K, instrument_dim) and pools it (mean or attention pooling)."""
+    """Embeds an instrument set as a sequence (B, K, instrument_dim) and pools it (mean or attention pooling;
+    dual_stream uses the sequence only)."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, pooling: bool = True):
         super().__init__()
         self.cfg = cfg
         self.table = nn.Embedding(N_INSTRUMENTS + 1, cfg.instrument_dim)
         self.score = (nn.Sequential(nn.Linear(cfg.instrument_dim, cfg.instrument_dim), nn.GELU(),
-                                    nn.Linear(cfg.instrument_dim, 1)) if cfg.instrument_pool == "attention" else None)
+                                    nn.Linear(cfg.instrument_dim, 1, bias=False))  # softmax ignores a shift
+                      if pooling and cfg.instrument_pool == "attention" else None)
 
     def forward(self, instruments: torch.Tensor | None, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         drop = self.cfg.instrument_drop if self.training else 0.0
@@ -96,15 +99,16 @@ class EncoderFilm(nn.Module):
 
 
 class DualStream(nn.Module):
-    """3.3: per exchange layer, Audio <- CrossAttn(Inst) and Inst <- CrossAttn(Audio), both from the previous
-    layer's streams, then each stream's own self-attention and feed-forward. No gates: the output projection of
-    each cross-attention already scales the exchange and can learn to turn it off."""
+    """3.3: in each of the last instrument_layers + 1 encoder blocks, Audio <- CrossAttn(Inst) and
+    Inst <- CrossAttn(Audio), both from the previous layer's streams, then each stream's own self-attention and
+    feed-forward. The last exchange layer updates the audio stream only: nothing would read the instrument
+    stream after it. No gates: each cross-attention's output projection already scales the exchange."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         n = cfg.instrument_layers
-        self.set, self.inst_in = InstrumentSet(cfg), nn.Linear(cfg.instrument_dim, cfg.d_model)
-        self.audio_cross = nn.ModuleList(CrossAttentionLayer(cfg) for _ in range(n))
+        self.set, self.inst_in = InstrumentSet(cfg, pooling=False), nn.Linear(cfg.instrument_dim, cfg.d_model)
+        self.audio_cross = nn.ModuleList(CrossAttentionLayer(cfg) for _ in range(n + 1))
         self.inst_cross = nn.ModuleList(CrossAttentionLayer(cfg) for _ in range(n))
         self.inst_blocks = nn.ModuleList(EncoderBlock(cfg) for _ in range(n))
 
@@ -115,9 +119,10 @@ class DualStream(nn.Module):
     def layer(self, j: int, audio: torch.Tensor, inst: torch.Tensor, valid: torch.Tensor, audio_block: EncoderBlock,
               **audio_kw) -> tuple[torch.Tensor, torch.Tensor]:
         """Exchange layer j: audio (B, S, d_model), inst (B, K, d_model) -> both updated."""
-        new_audio = self.audio_cross[j](audio, inst, key_mask=valid)
-        new_inst = self.inst_cross[j](inst, audio)
-        return audio_block(new_audio, **audio_kw), self.inst_blocks[j](new_inst, key_mask=valid)
+        new_audio = audio_block(self.audio_cross[j](audio, inst, key_mask=valid), **audio_kw)
+        if j == len(self.inst_blocks):
+            return new_audio, inst
+        return new_audio, self.inst_blocks[j](self.inst_cross[j](inst, audio), key_mask=valid)
 
 
 def make_conditioning(cfg: ModelConfig) -> nn.Module | None:

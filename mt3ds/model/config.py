@@ -93,7 +93,7 @@ class ModelConfig:
     instrument_drop: float = 0.1
     """Probability, per sample in training mode, that the whole instrument set is replaced by 'unknown'."""
     instrument_layers: int = 2
-    """dual_stream: the last this-many encoder blocks exchange cross-attention with the instrument stream."""
+    """dual_stream: depth of the instrument stream; the last instrument_layers + 1 encoder blocks attend to it."""
 
     def __post_init__(self):
         _choice("norm", self.norm, NORMS)
@@ -116,8 +116,8 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.max_tokens ({self.max_tokens}) exceeds max_dec_len ({self.max_dec_len})")
         if self.vocab_size <= vocab.EOS:
             raise ValueError("ModelConfig.vocab_size must hold PAD and EOS")
-        if self.conditioning == "dual_stream" and not 1 <= self.instrument_layers <= self.enc_layers:
-            raise ValueError(f"ModelConfig.instrument_layers must be in 1..enc_layers ({self.enc_layers}), "
+        if self.conditioning == "dual_stream" and not 0 <= self.instrument_layers < self.enc_layers:
+            raise ValueError(f"ModelConfig.instrument_layers must be in 0..enc_layers - 1 ({self.enc_layers - 1}), "
                              f"got {self.instrument_layers}")
         if self.aux_frame_weight < 0 or (self.aux_pos_weight is not None and self.aux_pos_weight <= 0):
             raise ValueError("ModelConfig.aux_frame_weight must be >= 0 and aux_pos_weight > 0 (or None)")

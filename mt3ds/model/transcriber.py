@@ -90,7 +90,7 @@ class Transcriber(nn.Module):
         pos_kw = self.enc_pos.attention_args(S, 0, x.device)
         film = self.cond(instruments, B) if isinstance(self.cond, EncoderFilm) else None
         dual = isinstance(self.cond, DualStream)
-        first_dual = self.cfg.enc_layers - self.cfg.instrument_layers if dual else self.cfg.enc_layers
+        first_dual = self.cfg.enc_layers - self.cfg.instrument_layers - 1 if dual else self.cfg.enc_layers
         if dual:
             inst, valid = self.cond.start(instruments, B)
         for i, block in enumerate(self.enc_blocks):
@@ -229,7 +229,7 @@ class Transcriber(nn.Module):
         length = 0
         for t in range(max_len):
             logits = step(token)  # (n, vocab)
-            token = logits.argmax(-1)
+            token = _never_pad(logits).argmax(-1)
             out[rows, t] = token
             if all_logits is not None:
                 all_logits[rows, t] = logits
@@ -247,6 +247,9 @@ class Transcriber(nn.Module):
         return (out, all_logits[:, :length]) if return_logits else out
 
     def _beam(self, memory, hint, max_len, use_cache, K, length_penalty):
+        """Beam search with K beams per segment, scores normalized by length ** length_penalty. A segment is done
+        when its best ended beam (EOS emitted) scores at least as well as its best open beam (the usual heuristic:
+        an open beam's raw log-probability can only fall); its beams then extend with PAD at no cost."""
         B, V, device = memory.shape[0], self.cfg.vocab_size, memory.device
         memory = memory.repeat_interleave(K, 0)  # (B*K, S, d_model): beams of a segment are adjacent rows
         hint = hint.repeat_interleave(K, 0) if hint is not None else None
@@ -255,29 +258,41 @@ class Transcriber(nn.Module):
         scores[:, 1:] = float("-inf")  # all beams start identical: expand only the first
         seqs = torch.full((B * K, max_len), vocab.PAD, dtype=torch.long, device=device)
         lengths = torch.zeros(B * K, device=device)
-        finished = torch.zeros(B * K, dtype=torch.bool, device=device)
+        ended = torch.zeros(B * K, dtype=torch.bool, device=device)  # emitted EOS
+        done = torch.zeros(B, dtype=torch.bool, device=device)  # segment finished searching
         token = torch.full((B * K,), vocab.PAD, dtype=torch.long, device=device)
         base = torch.arange(B, device=device)[:, None] * K
-        length = 0
         for t in range(max_len):
-            logp = F.log_softmax(step(token), dim=-1)  # (B*K, V)
-            logp[finished] = float("-inf")  # a finished beam only continues with PAD, at no cost
-            logp[finished, vocab.PAD] = 0.0
+            logp = F.log_softmax(_never_pad(step(token)), dim=-1)  # (B*K, V)
+            frozen = ended | done.repeat_interleave(K)
+            logp[frozen] = float("-inf")  # a finished beam only continues with PAD, at no cost
+            logp[frozen, vocab.PAD] = 0.0
             top, idx = (scores.view(-1, 1) + logp).view(B, K * V).topk(K, dim=1)  # (B, K)
             src = (base + idx // V).view(-1)  # the beam each new beam extends
             token = (idx % V).view(-1)
-            seqs, finished, lengths = seqs[src], finished[src], lengths[src]
+            seqs, ended, lengths, frozen = seqs[src], ended[src], lengths[src], frozen[src]
             seqs[:, t] = token
-            lengths = torch.where(finished, lengths, torch.full_like(lengths, t + 1))
-            finished = finished | (token == vocab.EOS)
+            lengths = torch.where(frozen, lengths, torch.full_like(lengths, t + 1))
+            ended = ended | (~frozen & (token == vocab.EOS))
             scores = top
             step.select(src, cross=False)
-            length = t + 1
-            if bool(finished.all()):
+            norm = (scores / lengths.view(B, K).clamp(min=1) ** length_penalty)
+            best_ended = norm.masked_fill(~ended.view(B, K), float("-inf")).amax(1)
+            best_open = norm.masked_fill(ended.view(B, K), float("-inf")).amax(1)
+            done = done | (best_ended >= best_open)
+            if bool(done.all()):
                 break
-        normalized = scores / lengths.view(B, K).clamp(min=1) ** length_penalty
-        best = base.squeeze(1) + normalized.argmax(1)  # (B,)
-        return seqs[best, :length]
+        norm = (scores / lengths.view(B, K).clamp(min=1) ** length_penalty)
+        has_ended = ended.view(B, K).any(1, keepdim=True)
+        norm = norm.masked_fill(has_ended & ~ended.view(B, K), float("-inf"))  # prefer hypotheses that ended
+        best = base.squeeze(1) + norm.argmax(1)  # (B,)
+        return seqs[best, : int(lengths[best].max())]
+
+
+def _never_pad(logits: torch.Tensor) -> torch.Tensor:
+    """PAD is never a target (labels are -100 there), so decoding never emits it: PAD in the output means 'after
+    EOS'. An untrained model would otherwise echo its PAD start token forever."""
+    return logits.index_fill(-1, torch.tensor([vocab.PAD], device=logits.device), float("-inf"))
 
 
 class _Stepper:
