@@ -190,6 +190,24 @@ def synth_command(out, layout, soundfonts, hours, seed, workers, max_seconds, pa
 # --- end synth -----------------------------------------------------------------------------------------------------
 
 
+# --- export (train/export.py, model/io.py) ------------------------------------------------------------------------
+
+@cli.command("export")
+@click.argument("run_dir", type=click.Path())
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False),
+              help="The model file to write (.safetensors); its JSON card is written beside it.")
+@click.option("--which", type=click.Choice(["best", "latest"]), default="best", show_default=True,
+              help="Checkpoint to export: lowest validation token loss (latest if none was validated), or latest.")
+@click.option("--step", type=int, default=None, help="Export the checkpoint of this step instead.")
+def export_command(run_dir, out, which, step):
+    """Export a training run's EMA weights to one safetensors file that `transcribe` loads without DeepSpeed."""
+    from .train.export import export_run, format_export
+
+    click.echo(format_export(export_run(run_dir, out, which=which, step=step), out))
+
+# --- end export ----------------------------------------------------------------------------------------------------
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # bench: every benchmark prints a table, or one JSON object with --json
 
@@ -271,6 +289,32 @@ def bench_synth(as_json, seconds):
     _print_figures(run(seconds=seconds), as_json)
 
 # --- end bench synth -----------------------------------------------------------------------------------------------
+
+# --- bench train (train/engine.py through DeepSpeed) ---------------------------------------------------------------
+
+@bench.command("train")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object of the figures.")
+@click.option("--preset", default="base", show_default=True, type=click.Choice(["tiny", "small", "base", "base_v2"]))
+@click.option("--ds-config", type=click.Path(dir_okay=False), default=None,
+              help="DeepSpeed config (default ds_configs/bf16.json).")
+@click.option("--batch", type=int, default=None, help="Micro-batch (default: the ds_config's).")
+@click.option("--tokens", type=int, default=1024, show_default=True, help="Target tokens per chunk.")
+@click.option("--steps", type=int, default=10, show_default=True, help="Timed steps (after 3 warm-up steps).")
+@click.option("--precision", type=click.Choice(["config", "fp32", "bf16"]), default="config", show_default=True,
+              help="Override the ds_config's bf16 switch.")
+@click.option("--checkpointing", default="off,on", show_default=True,
+              help="Activation checkpointing settings to measure: off, on or off,on.")
+def bench_train(as_json, preset, ds_config, batch, tokens, steps, precision, checkpointing):
+    """DeepSpeed training step: samples/s, tokens/s, MFU (GPU), peak memory; activation checkpointing off vs on."""
+    from .bench.train import bench_train as run
+
+    settings = tuple(s.strip() for s in checkpointing.split(",") if s.strip())
+    if not settings or any(s not in ("off", "on") for s in settings):
+        raise UserError(f"--checkpointing {checkpointing}: expected off, on or off,on")
+    _print_figures(run(preset=preset, ds_config=ds_config, batch=batch, tokens=tokens, steps=steps,
+                       precision=precision, checkpointing=settings), as_json)
+
+# --- end bench train -----------------------------------------------------------------------------------------------
 
 
 def _print_figures(figures: dict, as_json: bool) -> None:

@@ -1,0 +1,101 @@
+"""`mt3ds bench train`: the DeepSpeed training step as bin/train.py runs it, on synthetic batches.
+
+One process, the real engine from a ds_config (precision, ZeRO stage, optimizer implementation, clipping, the warmup +
+cosine scheduler), a model preset, and per step: log-mel on the device, cast to the engine's dtype, forward + loss,
+backward, optimizer step. Batches are random audio and random full-length token sequences made once on the device,
+so the figures are the engine's, not the loader's (`mt3ds bench loader` measures that). For each activation
+checkpointing setting: samples/s, tokens/s (target tokens), seconds per step, peak memory and, on GPUs with a known
+peak, MFU (analytic FLOPs of forward + backward / time / peak dense bf16 FLOP/s; recomputation not counted).
+`--precision fp32|bf16` overrides the ds_config's bf16 switch (how cpu.json's choice was measured).
+"""
+from __future__ import annotations
+
+import gc
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+from ..config import AudioConfig, FeatureConfig
+from ..tokens import vocab
+
+DEFAULT_DS = Path(__file__).resolve().parents[2] / "ds_configs" / "bf16.json"
+
+
+def bench_train(preset: str = "base", ds_config=None, batch: int | None = None, tokens: int = 1024,
+                steps: int = 10, warmup: int = 3, precision: str = "config",
+                checkpointing: tuple[str, ...] = ("off", "on")) -> dict:
+    import deepspeed
+
+    from ..model.config import ModelConfig
+    from ..model.features import LogMel
+    from ..model.transcriber import Transcriber
+    from ..train.config import OptimConfig, TrainConfig, load_ds_config, resolve_ds_config
+    from ..train.engine import init_distributed, param_groups
+    from ..train.metrics import hardware, peak_flops, train_flops
+
+    ds_path = Path(ds_config) if ds_config else DEFAULT_DS
+    ds_raw = load_ds_config(ds_path)
+    if precision != "config":
+        ds_raw = {**ds_raw, "bf16": {"enabled": precision == "bf16"}}
+    rank, _, world = init_distributed()
+    cfg = TrainConfig(steps=10 ** 6, batch_size=batch, optim=OptimConfig(warmup_steps=1))  # lr settings only
+    ds = resolve_ds_config(ds_raw, cfg, world, str(ds_path))
+    B = ds["train_micro_batch_size_per_gpu"]
+    fig: dict = {"preset": preset, "ds_config": ds_path.name,
+                 "precision": "bf16" if ds.get("bf16", {}).get("enabled") else "fp32",
+                 "zero_stage": ds.get("zero_optimization", {}).get("stage", 0),
+                 "micro_batch": B, "tokens_per_chunk": tokens, "steps_timed": steps}
+    for setting in checkpointing:
+        model_cfg = ModelConfig.preset(preset, activation_checkpointing=setting == "on")
+        torch.manual_seed(0)
+        model = Transcriber(model_cfg)
+        fig["params"] = model.num_params()
+        engine, optimizer, _, _ = deepspeed.initialize(model=model, config=ds,
+                                                       model_parameters=param_groups(model, 0.01))
+        device = engine.device
+        fig["device"] = hardware(device, world)
+        fig["optimizer"] = type(getattr(optimizer, "optimizer", optimizer)).__name__
+        dtype = torch.bfloat16 if engine.bfloat16_enabled() else torch.float32
+        logmel = LogMel(FeatureConfig(), AudioConfig()).to(device)
+        g = torch.Generator(device="cpu").manual_seed(1)
+        audio = (0.1 * torch.randn(B, AudioConfig().chunk_samples, generator=g)).to(device)
+        toks = torch.randint(vocab.UNK + 1, model_cfg.vocab_size, (B, tokens), generator=g)
+        toks[:, -1] = vocab.EOS
+        batch_d = {"decoder_input": torch.cat([torch.full((B, 1), vocab.PAD), toks[:, :-1]], 1).to(device),
+                   "labels": toks.to(device), "instruments": torch.zeros(B, 129, dtype=torch.bool, device=device)}
+        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+
+        def step():
+            features = logmel(audio).to(dtype)
+            loss, _ = engine(features, batch=batch_d)
+            engine.backward(loss)
+            engine.step()
+
+        for _ in range(warmup):
+            step()
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync()
+        dt = (time.perf_counter() - t0) / steps
+        key = f"ckpt_{setting}"
+        fig[f"{key}_step_s"] = dt
+        fig[f"{key}_samples_per_s"] = B * world / dt
+        fig[f"{key}_tokens_per_s"] = B * tokens * world / dt
+        peak = peak_flops(device) if dtype == torch.bfloat16 else None
+        if peak:
+            fig[f"{key}_mfu"] = train_flops(model_cfg, B, tokens, FeatureConfig().frames) / dt / peak
+        if device.type == "cuda":
+            fig[f"{key}_peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
+        else:  # the process's peak resident memory so far (Linux reports KiB)
+            fig[f"{key}_peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+        del engine, optimizer, model, logmel
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return fig

@@ -1,0 +1,346 @@
+"""The training loop around the DeepSpeed engine (design.md §7, §10, Step 2; decisions §6).
+
+    shard folders -> train_loader (mixing, augmentation, padded batches, on CPU workers)
+                  -> LogMel on the device -> cast to the engine's dtype -> engine(features, batch=...) -> loss
+                  -> engine.backward / engine.step (accumulation, clipping, AdamW, warmup + cosine: the ds_config)
+                  -> EMA update -> metrics / validation / checkpoint at their cadence
+
+Everything a user can get wrong is checked before the first step: the training config and ds_config (which key,
+what was expected), the shard folders and their manifests, a checkpoint or init_from model of another model config.
+`train()` runs on every rank; rank 0 alone writes the run folder's files (checkpoints are written by every rank).
+"""
+from __future__ import annotations
+
+import os
+import random
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..config import AudioConfig, FeatureConfig
+from ..errors import UserError
+from ..tokens import vocab
+from . import checkpoints as ckpt
+from .config import TrainConfig, dump_yaml, resolve_ds_config
+from .ema import EMA
+from .metrics import MetricsLog, hardware, peak_flops, train_flops
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Distributed setup
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed() -> tuple[int, int, int]:
+    """Start torch.distributed through DeepSpeed: nccl on GPUs, gloo on CPU. Without the launcher (plain `python
+    bin/train.py`) the environment of one process is filled in first. Returns (rank, local rank, world size)."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        os.environ.setdefault("RANK", "0")
+        os.environ.setdefault("LOCAL_RANK", "0")
+        os.environ.setdefault("WORLD_SIZE", "1")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))  # a fixed port would clash with a run beside this
+    os.environ.setdefault("LOCAL_RANK", "0")
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    accel = get_accelerator()
+    if accel.device_name() == "cpu" and int(os.environ["WORLD_SIZE"]) == 1:
+        # DeepSpeed JIT-compiles a shared-memory all-reduce op on every CPU init (~60 s on a fresh machine); one
+        # process never reduces with another, so it is not built.
+        import importlib
+
+        importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+    if accel.device_name() != "cpu":
+        accel.set_device(int(os.environ["LOCAL_RANK"]))
+    deepspeed.init_distributed(dist_backend=accel.communication_backend_name())
+    import torch.distributed as dist
+
+    return dist.get_rank(), int(os.environ["LOCAL_RANK"]), dist.get_world_size()
+
+
+def _barrier():
+    import torch.distributed as dist
+
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def _all_reduce(device):
+    """A function summing a tensor across ranks in place (through the device for nccl)."""
+    import torch.distributed as dist
+
+    def reduce(t: torch.Tensor) -> None:
+        if not dist.is_initialized() or dist.get_world_size() == 1:
+            return
+        moved = t.to(device)
+        dist.all_reduce(moved)
+        t.copy_(moved.to(t.device))
+
+    return reduce
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checks before anything heavy
+
+def check_inputs(cfg: TrainConfig) -> tuple[Path | None, dict | None]:
+    """Shard folders, resume target and init_from model, checked on every rank before DeepSpeed starts.
+    Returns (checkpoint folder to resume from or None, init_from meta or None)."""
+    from ..data.loader import read_manifest
+
+    for folder in (*cfg.data.train, *cfg.data.validation):
+        if not Path(folder).exists():
+            raise UserError(f"{folder}: shard folder not found")
+        read_manifest(folder)
+    ckpt_dir = Path(cfg.run_dir) / "checkpoints"
+    resume = ckpt.latest_checkpoint(ckpt_dir)
+    if resume is not None and not cfg.resume:
+        raise UserError(f"{cfg.run_dir}: holds checkpoints ({resume.name}) but resume is false; set resume: true to "
+                        f"continue that run or choose another run_dir")
+    ours = cfg.model.to_dict()
+    if resume is not None:
+        state = ckpt.read_state(resume)
+        diff = ckpt.model_config_differences(state.get("model_config", {}), ours)
+        if diff:
+            raise UserError(f"{resume}: checkpoint of another model config ({'; '.join(diff)}); use another run_dir")
+        if state.get("step", 0) >= cfg.steps:
+            raise UserError(f"{resume}: the run already reached step {state['step']} of steps: {cfg.steps}; raise "
+                            f"steps to train on (the cosine schedule then stretches to the new end)")
+    init_meta = None
+    if cfg.init_from and resume is None:
+        from ..model.io import read_meta
+
+        init_meta = read_meta(cfg.init_from)
+        diff = ckpt.model_config_differences(init_meta["model_config"], ours)
+        if diff:
+            raise UserError(f"{cfg.init_from}: init_from model of another model config ({'; '.join(diff)})")
+    return resume, init_meta
+
+
+def _check_ds_with_deepspeed(ds: dict, where: str) -> None:
+    """Let DeepSpeed parse the resolved config now, so a bad key is one line before the model is built."""
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    try:
+        DeepSpeedConfig(ds)
+    except Exception as e:  # pydantic ValidationError, AssertionError, ValueError...: all mean a bad ds_config
+        lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+        raise UserError(f"{where}: DeepSpeed rejects this config: {' '.join(lines[:3]) or type(e).__name__}") from None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The run
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (1 << 32))
+    torch.manual_seed(seed)
+
+
+def _batch_to(batch: dict, device) -> dict:
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices and embeddings only; norms' gains and biases (1-D) are not decayed (nanoGPT)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+
+
+def train(cfg: TrainConfig, ds_config: dict, ds_path: str = "ds_config") -> dict:
+    """Run (or resume) training to cfg.steps; returns the final state dict (step, counters, best validation)."""
+    import deepspeed
+    import json
+
+    from ..data.loader import train_loader, validation_loader
+    from ..model.features import LogMel
+    from ..model.transcriber import Transcriber
+    from .validate import validate
+
+    resume_dir, init_meta = check_inputs(cfg)
+    rank, local_rank, world = init_distributed()
+    ds = resolve_ds_config(ds_config, cfg, world, ds_path)
+    _check_ds_with_deepspeed(ds, ds_path)
+
+    run_dir = Path(cfg.run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_text(run_dir / "config.yaml", dump_yaml(cfg))
+        _atomic_text(run_dir / "ds_config.json", json.dumps(ds, indent=2) + "\n")
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = cfg.cudnn_benchmark and not cfg.deterministic
+
+    # the model: the same initial weights on every rank, then per-rank dropout streams
+    _seed_all(cfg.seed)
+    model = Transcriber(cfg.model)
+    history = []
+    if init_meta is not None:
+        from ..model.io import load_weights
+
+        tensors, _ = load_weights(cfg.init_from)
+        model.load_state_dict(tensors, strict=True)
+        prior = init_meta.get("training", {})
+        history = list(prior.get("runs", []))
+    _seed_all(cfg.seed + rank)
+    engine, _, _, _ = deepspeed.initialize(model=model, config=ds, model_parameters=param_groups(model,
+                                                                                              cfg.optim.weight_decay))
+    if cfg.compile:
+        engine.compile()
+    device = engine.device
+    dtype = torch.bfloat16 if engine.bfloat16_enabled() else torch.float32
+    module = engine.module
+    ema = EMA(module, cfg.ema.decay, cfg.ema.warmup)
+    logmel = LogMel(FeatureConfig(), AudioConfig(), spec_augment=cfg.features.spec_augment,
+                    time_mask_width=cfg.features.time_mask_width, time_mask_prob=cfg.features.time_mask_prob).to(device)
+    reduce = _all_reduce(device)
+    hw = hardware(device, world)
+
+    state = {"step": 0, "samples": 0, "wall_seconds": 0.0, "best": None, "history": history,
+             "init_from": str(cfg.init_from) if init_meta is not None else None}
+    if resume_dir is not None:
+        saved = ckpt.load_checkpoint(engine, resume_dir, rank)
+        ema.load(ckpt.load_ema_tensors(resume_dir), saved.get("ema_updates", 0))
+        state.update({k: saved[k] for k in ("step", "samples", "wall_seconds", "best", "history", "init_from")
+                      if k in saved})
+        # the schedule's position is restored; its shape comes from this config (steps may have been raised)
+        engine.lr_scheduler.step(engine.lr_scheduler.last_batch_iteration)
+        if engine.global_steps != state["step"]:
+            raise UserError(f"{resume_dir}: DeepSpeed restored step {engine.global_steps}, state.json says "
+                            f"{state['step']}")
+    state.update(run_dir=str(run_dir), hardware=hw, world_size=world)
+    start_step = state["step"]
+    if rank == 0:
+        where = f"resumed from {resume_dir.name}" if resume_dir else (
+            f"initialized from {cfg.init_from}" if init_meta else "new run")
+        print(f"mt3ds train: {where}; step {start_step} of {cfg.steps}; {module.num_params():,} parameters; "
+              f"{hw}; {'bf16' if dtype == torch.bfloat16 else 'fp32'}; micro-batch "
+              f"{ds['train_micro_batch_size_per_gpu']} x accumulation {ds['gradient_accumulation_steps']} x "
+              f"{world} ranks = {ds['train_batch_size']} chunks per step", flush=True)
+
+    # data: the streams move on with the step a session starts at, so a resumed run reads new samples
+    loader_cfg = cfg.loader_config(ds["train_micro_batch_size_per_gpu"])
+    loader = train_loader(list(cfg.data.train), loader_cfg, rank=rank, world_size=world)
+    loader.dataset.set_epoch(start_step)
+    val_loader = eval_model = None
+    if cfg.data.validation:
+        val_loader = validation_loader(list(cfg.data.validation), loader_cfg, rank=rank, world_size=world)
+        eval_model = Transcriber(cfg.model).to(device)
+        eval_logmel = LogMel(FeatureConfig(), AudioConfig()).to(device)
+
+    log = MetricsLog(run_dir, rank, resume_step=start_step)
+    peak = peak_flops(device) if dtype == torch.bfloat16 else None
+    chunk_s = AudioConfig().chunk_seconds
+    session_t0 = time.perf_counter()
+    wall_at_start = state["wall_seconds"]
+
+    def run_validation(step: int) -> dict:
+        eval_model.load_state_dict(ema.state_dict(module))
+        dump = run_dir / "samples" / f"step_{step:08d}"
+        out = validate(eval_model, eval_logmel, val_loader, cfg.validation, device=device, rank=rank,
+                       world_size=world, chunk_seconds=chunk_s, dump_dir=dump, all_reduce=reduce)
+        return {"step": step, **out}
+
+    def save(step: int, val: dict | None) -> None:
+        state.update(step=step, wall_seconds=wall_at_start + time.perf_counter() - session_t0)
+        full = {**state, "ema_updates": ema.updates, "val_loss": val["token_loss"] if val else None,
+                "validation": val, "model_config": cfg.model.to_dict(), "model_preset": cfg.model_preset,
+                "train_config": cfg.to_dict(), "ds_config": ds, "code_version": __version__,
+                "vocab_version": vocab.VOCAB_VERSION, "audio_version": AudioConfig().version}
+        ckpt.save_checkpoint(engine, ckpt_dir, step, full, ema.state_dict(module), rank, _barrier)
+        if rank == 0:
+            ckpt.prune(ckpt_dir, cfg.checkpoint.keep_last, cfg.checkpoint.keep_best)
+
+    # interval accumulators (this rank), reduced across ranks at each metric line
+    acc = torch.zeros(7, dtype=torch.float64)  # loss, token_loss x tok, acc x tok, tokens, micro, samples, skipped
+    flops = 0.0
+    aux = torch.zeros(2, dtype=torch.float64)
+    interval_t0 = time.perf_counter()
+    batches = iter(loader)
+    engine.train()
+    logmel.train()
+    step = start_step
+    lr = float(engine.get_lr()[0])
+    while step < cfg.steps:
+        batch = next(batches)
+        b = _batch_to(batch, device)
+        features = logmel(b["audio"]).to(dtype)  # float32 log-mel -> the dtype of the engine's weights
+        lr = float(engine.get_lr()[0])  # the rate this step's update uses
+        loss, m = engine(features, batch=b, label_smoothing=cfg.label_smoothing)
+        engine.backward(loss)
+        engine.step()
+        n_tok = float(m["tokens"])
+        acc += torch.tensor([float(m["loss"]), float(m["token_loss"]) * n_tok, float(m["token_acc"]) * n_tok, n_tok,
+                             1, len(batch["keys"]), float(batch.get("skipped", 0))], dtype=torch.float64)
+        if "frame_onset_loss" in m:
+            aux += torch.tensor([float(m["frame_onset_loss"]), float(m["frame_active_loss"])], dtype=torch.float64)
+        flops += train_flops(cfg.model, features.shape[0], b["decoder_input"].shape[1], features.shape[1])
+        if engine.global_steps == step:
+            continue  # inside a gradient accumulation window
+        step = engine.global_steps
+        state["samples"] += ds["train_batch_size"]  # every rank reads full micro-batches
+        ema.update(module)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            totals = torch.cat([acc, aux, torch.tensor([flops], dtype=torch.float64)])
+            reduce(totals)
+            dt = time.perf_counter() - interval_t0
+            loss_sum, tl, ta, tok, micro, samples, skipped = totals[:7].tolist()
+            grad_norm = engine.get_global_grad_norm()
+            record = {"kind": "train", "step": step, "lr": lr, "loss": loss_sum / micro,
+                      "token_loss": tl / max(tok, 1), "token_acc": ta / max(tok, 1),
+                      "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                      "samples_per_s": samples / dt, "tokens_per_s": tok / dt,
+                      "step_s": dt / max(micro / ds["gradient_accumulation_steps"] / world, 1),
+                      "samples": state["samples"], "hours_of_data": state["samples"] * chunk_s / 3600,
+                      "wall_min": (wall_at_start + time.perf_counter() - session_t0) / 60, "skipped": int(skipped)}
+            if cfg.model.aux_frame_loss:
+                record["frame_onset_loss"] = float(totals[7]) / micro
+                record["frame_active_loss"] = float(totals[8]) / micro
+            if peak:
+                record["mfu"] = float(totals[9]) / dt / (peak * world)
+            if device.type == "cuda":
+                record["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
+            log.write(record)
+            acc.zero_()
+            aux.zero_()
+            flops = 0.0
+            interval_t0 = time.perf_counter()
+        paused = time.perf_counter()  # validation and checkpoints are left out of the throughput figures
+        val, is_best = None, False
+        if val_loader is not None and (step == cfg.steps or (cfg.validation.every and step % cfg.validation.every == 0)):
+            val = run_validation(step)
+            log.write(val)
+            engine.train()
+            logmel.train()
+            best = state["best"]
+            if val["token_loss"] is not None and (best is None or val["token_loss"] < best["val_loss"]):
+                state["best"] = {"step": step, "val_loss": val["token_loss"],
+                                 "metrics": {k: v for k, v in val.items() if k != "kind"}}
+                is_best = True
+        if step % cfg.checkpoint.every == 0 or step == cfg.steps or (is_best and cfg.checkpoint.keep_best > 0):
+            save(step, val)
+        interval_t0 += time.perf_counter() - paused
+    state.update(step=step, wall_seconds=wall_at_start + time.perf_counter() - session_t0)
+    log.close()
+    if rank == 0:
+        best = state["best"]
+        print(f"mt3ds train: done at step {step}; best validation token loss "
+              f"{best['val_loss']:.4f} at step {best['step']}" if best else f"mt3ds train: done at step {step}",
+              flush=True)
+    return {**state, "last_lr": lr}

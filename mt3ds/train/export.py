@@ -1,0 +1,102 @@
+"""`mt3ds export RUN_DIR -o model.safetensors`: a run's EMA weights -> one safetensors file + its JSON (model/io.py).
+
+Reads only the checkpoint's ema.safetensors and state.json (no DeepSpeed, no pickle). By default the checkpoint with
+the best validation token loss is exported, or the latest when none was validated. The weights are loaded into a
+Transcriber of the recorded config before anything is written, so a file that exists is a model that loads.
+The "training" record adds up over runs chained by init_from: total steps, samples, hours of audio seen and wall
+minutes, with one entry per run.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import AudioConfig
+from ..errors import UserError
+from ..model.config import ModelConfig
+from ..model.io import model_meta, save_model
+from ..tokens import vocab
+from . import checkpoints as ckpt
+
+WHICH = ("best", "latest")
+
+
+def find_checkpoint(run_dir, which: str = "best", step: int | None = None) -> Path:
+    """The checkpoint folder to export: a given step, the best validated one, or the latest."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: run folder not found")
+    ckpt_dir = run_dir / "checkpoints"
+    done = ckpt.complete_checkpoints(ckpt_dir)
+    if not done:
+        raise UserError(f"{run_dir}: no complete checkpoint under {ckpt_dir} (has the run saved one yet?)")
+    if step is not None:
+        for s, p in done:
+            if s == step:
+                return p
+        raise UserError(f"{run_dir}: no checkpoint at step {step}; there are: {', '.join(str(s) for s, _ in done)}")
+    if which not in WHICH:
+        raise UserError(f"--which {which}: expected one of {', '.join(WHICH)}")
+    if which == "best":
+        best = ckpt.best_checkpoint(ckpt_dir)
+        if best is not None:
+            return best
+    return ckpt.latest_checkpoint(ckpt_dir)
+
+
+def training_record(state: dict, tag_dir: Path) -> dict:
+    """steps, samples, hours of data, wall minutes (totals over the init_from chain), hardware, best validation."""
+    chunk_s = AudioConfig().chunk_seconds
+    this_run = {"run_dir": state.get("run_dir"), "checkpoint": tag_dir.name, "steps": state["step"],
+                "samples": state["samples"], "hours_of_data": state["samples"] * chunk_s / 3600,
+                "wall_minutes": state.get("wall_seconds", 0.0) / 60, "hardware": state.get("hardware"),
+                "init_from": state.get("init_from"), "validation": state.get("validation")}
+    runs = list(state.get("history", [])) + [this_run]
+    best = state.get("best")
+    return {"steps": sum(r["steps"] for r in runs), "samples": sum(r["samples"] for r in runs),
+            "hours_of_data": sum(r["hours_of_data"] for r in runs),
+            "wall_minutes": sum(r["wall_minutes"] for r in runs), "hardware": state.get("hardware"),
+            "best_validation": ({"step": best["step"], **best["metrics"]} if best else None),
+            "exported_validation": state.get("validation"), "runs": runs}
+
+
+def export_run(run_dir, out, which: str = "best", step: int | None = None) -> dict:
+    """Export a run's checkpoint (EMA weights) to `out`; return the metadata written."""
+    from ..model.transcriber import Transcriber
+
+    tag_dir = find_checkpoint(run_dir, which, step)
+    state = ckpt.read_state(tag_dir)
+    for key, ours in (("vocab_version", vocab.VOCAB_VERSION), ("audio_version", AudioConfig().version)):
+        if state.get(key) != ours:
+            raise UserError(f"{tag_dir}: trained with {key} {state.get(key)!r} but this code uses {ours!r}")
+    try:
+        cfg = ModelConfig.from_dict(state["model_config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{tag_dir / ckpt.STATE}: no usable model_config ({e})") from None
+    tensors = ckpt.load_ema_tensors(tag_dir)
+    model = Transcriber(cfg)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as e:
+        raise UserError(f"{tag_dir}: EMA weights do not fit the recorded model_config ({str(e).splitlines()[0]})") \
+            from None
+    meta = model_meta(cfg, training_record(state, tag_dir))
+    meta["model_preset"] = state.get("model_preset")
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise UserError(f"{out}: the exported model is a .safetensors file")
+    save_model(model.state_dict(), out, meta)
+    return meta
+
+
+def format_export(meta: dict, out) -> str:
+    t = meta["training"]
+    best = t.get("best_validation") or {}
+    lines = [f"wrote {out} and {Path(out).with_suffix('.json')}",
+             f"model: {meta.get('model_preset') or 'custom'} ({meta['model_config']['time_encoding']} time, "
+             f"conditioning {meta['model_config']['conditioning']})",
+             f"training: {t['steps']} steps, {t['samples']} chunks ({t['hours_of_data']:.2f} h of audio), "
+             f"{t['wall_minutes']:.1f} min on {t['hardware']}"]
+    if best:
+        lines.append(f"best validation: step {best['step']}, token loss {best['token_loss']:.4f}, onset F1 "
+                     f"{best['onset_f1'] if best.get('onset_f1') is not None else '-'}")
+    return "\n".join(lines)

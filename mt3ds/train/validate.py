@@ -1,0 +1,94 @@
+"""Validation during training (design.md §9), with the EMA weights in a separate fp32 model (no autocast: the
+numbers do not depend on the training precision).
+
+Teacher-forced: token loss (unsmoothed cross-entropy) and token accuracy over the first `items` validation chunks,
+split across ranks by the validation loader. Decoded for real: the first `decode_items` of those are generated
+(greedy or beam, KV cache), turned into notes with decode_tokens exactly as transcription does, and scored against
+the chunk's reference tokens with mir_eval (mt3ds.evaluate.score_notes): onset F1, onset+offset F1 and
+multi-instrument F1, pooled over the decoded chunks. Each chunk is read on its own, so notes tied in from the
+previous chunk are left out of both sides (their onsets belong to that chunk). The first `dump_midi` chunks'
+predictions and references are written as MIDI under RUN_DIR/samples/step_NNNNNNNN/ (rank 0).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from ..evaluate import Counts, score_notes
+from ..tokens.codec import decode_tokens
+from ..tokens.midi import write_midi
+from .config import ValidationConfig
+
+SCORED = ("onset", "onset_offset", "multi_full")
+
+
+def _take(batch: dict, n: int) -> dict:
+    return {k: (v[:n] if isinstance(v, (torch.Tensor, list)) else v) for k, v in batch.items()}
+
+
+def _to_device(batch: dict, device) -> dict:
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def validate(model, logmel, loader, cfg: ValidationConfig, *, device, rank: int, world_size: int,
+             chunk_seconds: float, dump_dir: Path | None = None, all_reduce=None) -> dict:
+    """One validation pass; returns global metrics (the same on every rank). `all_reduce(tensor)` sums a float64
+    tensor across ranks in place (None: one process)."""
+    model.eval()
+    logmel.eval()
+    time_encoding = model.cfg.time_encoding
+    max_len = cfg.decode_max_len or model.cfg.max_tokens
+    items_left = math.ceil(cfg.items / world_size)
+    decode_left = math.ceil(cfg.decode_items / world_size)
+    dump_left = cfg.dump_midi if rank == 0 and dump_dir is not None else 0
+    sums = torch.zeros(4, dtype=torch.float64)  # token loss x tokens, correct tokens, tokens, chunks
+    counts = {m: Counts() for m in SCORED}
+    decoded = malformed = 0
+    for batch in loader:
+        if items_left <= 0:
+            break
+        n = min(len(batch["keys"]), items_left)
+        batch = _to_device(_take(batch, n), device)
+        items_left -= n
+        features = logmel(batch["audio"])
+        _, m = model.loss(features, batch)
+        sums += torch.tensor([float(m["token_loss"]) * float(m["tokens"]), float(m["token_acc"]) * float(m["tokens"]),
+                              float(m["tokens"]), n], dtype=torch.float64)
+        k = min(n, decode_left)
+        if k <= 0:
+            continue
+        decode_left -= k
+        instruments = batch["instruments"][:k] if model.cfg.conditioning != "none" else None
+        generated = model.generate(features[:k], instruments, max_len=max_len, beam_size=cfg.beam_size)
+        generated = generated.cpu().numpy()
+        reference = batch["tokens"][:k].cpu().numpy()
+        for i in range(k):
+            est, stats = decode_tokens([generated[i]], chunk_seconds=chunk_seconds, time_encoding=time_encoding)
+            ref, _ = decode_tokens([reference[i]], chunk_seconds=chunk_seconds, time_encoding=time_encoding)
+            malformed += stats.malformed
+            decoded += 1
+            for name, c in score_notes(ref, est).items():
+                if name in counts:
+                    counts[name] += c
+            if dump_left > 0:
+                dump_left -= 1
+                dump_dir.mkdir(parents=True, exist_ok=True)
+                key = batch["keys"][i]
+                write_midi(est, dump_dir / f"{key}.pred.mid")
+                write_midi(ref, dump_dir / f"{key}.ref.mid")
+    flat = [sums] + [torch.tensor([c.tp, c.n_est, c.n_ref], dtype=torch.float64) for c in counts.values()]
+    flat.append(torch.tensor([decoded, malformed], dtype=torch.float64))
+    total = torch.cat(flat)
+    if all_reduce is not None:
+        all_reduce(total)
+    loss_sum, correct, tokens, chunks = total[:4].tolist()
+    out = {"kind": "validation", "token_loss": loss_sum / tokens if tokens else None,
+           "token_acc": correct / tokens if tokens else None, "chunks": int(chunks), "tokens": int(tokens)}
+    for j, name in enumerate(SCORED):
+        tp, n_est, n_ref = total[4 + 3 * j: 7 + 3 * j].tolist()
+        out[f"{name}_f1"] = Counts(int(tp), int(n_est), int(n_ref)).scores()["f1"]
+    out["decoded"], out["malformed"] = int(total[-2]), int(total[-1])
+    return out

@@ -1,0 +1,121 @@
+"""Tiny shard folders in the agreed format (decisions §4) for the training and export tests.
+
+Each track is a few seconds of synthetic harmonic tones (one program per track) with its notes; the notes are
+tokenized per 2.048 s chunk with the real codec and written with the audio as WebDataset tar shards plus a
+manifest.json that the real loader accepts. Built here rather than with the shard writer so these tests do not
+depend on the offline audio chain.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+
+import mt3ds
+from mt3ds.config import AudioConfig
+from mt3ds.tokens import vocab
+from mt3ds.tokens.codec import encode_notes
+from mt3ds.tokens.notes import Notes
+
+AUDIO = AudioConfig()
+
+
+def _npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    return buf.getvalue()
+
+
+def synth_track(rng: np.random.Generator, n_chunks: int, program: int, notes_per_chunk: int = 3):
+    """(audio float32 [n_chunks * 32768], Notes): harmonic tones with short fades, pitches 48..84."""
+    sr, L = AUDIO.sample_rate, AUDIO.chunk_seconds
+    n = n_chunks * notes_per_chunk
+    onset = np.sort(rng.uniform(0.0, n_chunks * L - 0.3, n))
+    onset = np.round(onset * 100) / 100  # on the 10 ms grid, so tokens round-trip exactly
+    dur = np.round(rng.uniform(0.15, 0.6, n) * 100) / 100
+    offset = np.minimum(onset + dur, n_chunks * L - 0.01)
+    pitch = rng.integers(48, 85, n)
+    audio = np.zeros(n_chunks * AUDIO.chunk_samples, dtype=np.float64)
+    for on, off, p in zip(onset, offset, pitch):
+        a, b = int(on * sr), int(off * sr)
+        t = np.arange(b - a) / sr
+        f0 = 440.0 * 2 ** ((p - 69) / 12)
+        tone = sum(np.sin(2 * np.pi * f0 * k * t) / k for k in (1, 2, 3) if f0 * k < sr / 2)
+        env = np.minimum(1.0, np.minimum(t / 0.005, (t[-1] - t + 1e-9) / 0.02))
+        audio[a:b] += 0.2 * tone * env
+    notes = Notes(onset, offset, pitch, np.full(n, 100), np.full(n, program))
+    return audio.astype(np.float32), notes
+
+
+def write_shards(folder, n_tracks: int = 2, chunks_per_track: int = 4, seed: int = 0, split: str = "train",
+                 dataset: str = "synthetic", samples_per_shard: int = 4) -> Path:
+    """Write `n_tracks * chunks_per_track` samples as shards and a manifest under `folder`; return the folder."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    samples = []
+    for t in range(n_tracks):
+        program = int(rng.choice([0, 24, 40]))
+        audio, notes = synth_track(rng, chunks_per_track, program)
+        ct = encode_notes(notes, n_chunks=chunks_per_track)
+        track_id = f"{dataset}/track{t:03d}"
+        for c in range(chunks_per_track):
+            key = "".join(ch if ch.isalnum() or ch in "_-" else "_" for ch in track_id) + f"_{c:05d}"
+            meta = {"dataset": dataset, "track_id": track_id, "chunk": c, "start_s": c * AUDIO.chunk_seconds,
+                    "programs": [program], "split": split, "truncated": bool(ct.truncated[c])}
+            chunk_audio = audio[c * AUDIO.chunk_samples:(c + 1) * AUDIO.chunk_samples].astype(np.float16)
+            samples.append((key, {"audio.npy": _npy(chunk_audio), "tokens.npy": _npy(ct.chunk(c).astype(np.int16)),
+                                  "json": json.dumps(meta).encode()}))
+    shards = []
+    for i in range(0, len(samples), samples_per_shard):
+        name = f"shard-{len(shards):06d}.tar"
+        with tarfile.open(folder / name, "w", format=tarfile.USTAR_FORMAT) as tar:
+            for key, members in samples[i:i + samples_per_shard]:
+                for ext, data in members.items():
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+        digest = hashlib.sha256((folder / name).read_bytes()).hexdigest()
+        shards.append({"name": name, "samples": len(samples[i:i + samples_per_shard]), "sha256": digest})
+    manifest = {"format": "mt3ds-shards-v1", "dataset": dataset, "split": split,
+                "vocab_version": vocab.VOCAB_VERSION, "audio_version": AUDIO.version, "audio_config": AUDIO.to_dict(),
+                "time_encoding": "delta", "code_version": mt3ds.__version__, "shards": shards,
+                "samples": len(samples), "tracks": n_tracks,
+                "hours": len(samples) * AUDIO.chunk_seconds / 3600, "truncated_chunks": 0, "skipped": [],
+                "skipped_count": 0, "created_by": {"fixture": "tests/train_fixtures.py"}}
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    return folder
+
+
+CPU_DS_CONFIG = {
+    "train_micro_batch_size_per_gpu": 4,
+    "gradient_accumulation_steps": 1,
+    "gradient_clipping": 1.0,
+    "bf16": {"enabled": False},
+    "zero_optimization": {"stage": 1},
+    "optimizer": {"type": "Adam", "params": {"adam_w_mode": True, "torch_adam": True}},
+    "scheduler": {"type": "WarmupCosineLR", "params": {"warmup_type": "linear"}},
+}
+
+
+def train_yaml(run_dir, train_folder, val_folder=None, **top) -> dict:
+    """A tiny training config as a dict (what a YAML file would hold)."""
+    cfg = {"run_dir": str(run_dir),
+           "model": {"preset": "tiny", "resid_dropout": 0.0, "mlp_dropout": 0.0},
+           "data": {"train": [str(train_folder)], "validation": [str(val_folder)] if val_folder else [],
+                    "loader": {"num_workers": 0, "augment": False, "shuffle_buffer": 16, "shuffle_initial": 4,
+                               "prefetch_factor": 1, "pin_memory": False}},
+           "optim": {"lr": 3e-3, "warmup_steps": 5, "min_lr_ratio": 0.1, "weight_decay": 0.0},
+           "steps": 6, "log_every": 1,
+           "validation": {"every": 3, "items": 4, "decode_items": 2, "decode_max_len": 32, "dump_midi": 1},
+           "checkpoint": {"every": 3, "keep_last": 2, "keep_best": 1}}
+    for k, v in top.items():
+        if isinstance(v, dict) and isinstance(cfg.get(k), dict):
+            cfg[k] = {**cfg[k], **v}
+        else:
+            cfg[k] = v
+    return cfg
