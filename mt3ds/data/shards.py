@@ -417,6 +417,7 @@ class _SplitRun:
                                 f"another --out", exit_code=2)
             missing = [k for k, e in enumerate(manifest["shards"]) if not self._intact(e)]
             if not missing:
+                shutil.rmtree(self.work, ignore_errors=True)  # left by a run cut off right after its manifest
                 return manifest, "complete"
             self._open_work()
             with self._progress(None):
