@@ -14,6 +14,7 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import mt3ds
 from mt3ds.config import AudioConfig
@@ -119,3 +120,39 @@ def train_yaml(run_dir, train_folder, val_folder=None, **top) -> dict:
         else:
             cfg[k] = v
     return cfg
+
+
+def write_yaml(path, data: dict) -> Path:
+    import yaml
+
+    Path(path).write_text(yaml.safe_dump(data), encoding="utf-8")
+    return Path(path)
+
+
+def write_json(path, data: dict) -> Path:
+    Path(path).write_text(json.dumps(data), encoding="utf-8")
+    return Path(path)
+
+
+def metrics(run_dir, kind: str = "train") -> list[dict]:
+    lines = (Path(run_dir) / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+@pytest.fixture(scope="module")
+def shard_dirs(tmp_path_factory):
+    """(train folder with 8 chunks, validation folder with 4 chunks)."""
+    root = tmp_path_factory.mktemp("train_shards")
+    return (write_shards(root / "train", n_tracks=2, chunks_per_track=4, seed=0),
+            write_shards(root / "validation", n_tracks=1, chunks_per_track=4, seed=1, split="validation"))
+
+
+@pytest.fixture(scope="module")
+def finished_run(shard_dirs, tmp_path_factory):
+    """A 6-step in-process run of the tiny model with validation every 3 steps: (run_dir, final state)."""
+    from mt3ds.train.config import train_config_from_dict
+    from mt3ds.train.engine import train
+
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    cfg = train_config_from_dict(train_yaml(run_dir, *shard_dirs))
+    return run_dir, train(cfg, CPU_DS_CONFIG)

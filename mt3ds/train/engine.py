@@ -11,6 +11,7 @@ what was expected), the shard folders and their manifests, a checkpoint or init_
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import socket
@@ -164,15 +165,15 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 def train(cfg: TrainConfig, ds_config: dict, ds_path: str = "ds_config") -> dict:
     """Run (or resume) training to cfg.steps; returns the final state dict (step, counters, best validation)."""
+
+    resume_dir, init_meta = check_inputs(cfg)  # before DeepSpeed starts: a mistake costs a second, not a minute
     import deepspeed
-    import json
 
     from ..data.loader import train_loader, validation_loader
     from ..model.features import LogMel
     from ..model.transcriber import Transcriber
     from .validate import validate
 
-    resume_dir, init_meta = check_inputs(cfg)
     rank, local_rank, world = init_distributed()
     ds = resolve_ds_config(ds_config, cfg, world, ds_path)
     _check_ds_with_deepspeed(ds, ds_path)
