@@ -22,6 +22,11 @@ def bench_synth(seconds: float = 60.0, seed: int = 0) -> dict:
 
     _check_environment()
     soundfonts = _soundfonts([])
+    import music21  # noqa: F401  (imports are not what is timed)
+    import pyloudnorm  # noqa: F401
+    import soundfile  # noqa: F401
+    import yaml  # noqa: F401
+
     stage = dict.fromkeys(("parse", "arrange", "render", "mix", "write"), 0.0)
     audio_s = stem_s = 0.0
     stems = 0

@@ -14,6 +14,7 @@ part for a share of renders, sustain pedal on piano parts, a SoundFont and a mix
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,7 +45,7 @@ class Instrument:
 # program low high poly palettes roles weight. Ranges are practical ranges of the instrument (a little inside
 # the SoundFonts' key ranges); FX, percussive and sound-effect programs are left out.
 _TABLE = """
-0 21 108 1 band,orchestra,chamber bass,mid,top 3
+0 21 108 1 band,orchestra,chamber bass,mid,top 2
 1 21 108 1 band,chamber mid,top 1
 2 21 108 1 band mid,top 0.7
 3 21 108 1 band mid,top 0.4
@@ -162,6 +163,7 @@ INSTRUMENTS = _read_table()
 # Sustained instruments are played legato; plucked and struck ones more detached.
 LEGATO = frozenset([*range(16, 24), *range(40, 45), *range(48, 55), *range(56, 80), *range(80, 96), 109, 110, 111])
 PIANOS = frozenset(range(0, 6))  # the programs that get sustain pedal
+KEYBOARD_NAMES = re.compile(r"piano|klavier|clavier|cembalo|harpsichord|organ|orgel|keyboard|harp", re.IGNORECASE)
 # (style, probability, probability of a drum part). 'score' keeps the instruments the score names.
 STYLES = (("band", 0.40, 0.75), ("orchestra", 0.22, 0.12), ("chamber", 0.16, 0.2), ("mixed", 0.14, 0.4),
           ("score", 0.08, 0.1))
@@ -224,7 +226,7 @@ def _tempo_grid(piece: Piece, parts: list[Part], rng: np.random.Generator, grid:
         base = piece.tempos[idx, 1]
         scale = rng.uniform(0.85, 1.2)
     else:  # no marked tempo: pick one that gives the median note a plausible length
-        base = np.full(len(grid), 60.0 * median_q / rng.uniform(0.25, 0.6))
+        base = np.full(len(grid), 60.0 * median_q / rng.uniform(0.35, 0.75))
         scale = 1.0
     qpm = base * scale
     amplitude = rng.uniform(0.0, 0.04)
@@ -245,11 +247,12 @@ def _tempo_grid(piece: Piece, parts: list[Part], rng: np.random.Generator, grid:
 
 
 def _polyphony(part: Part) -> float:
-    """Share of notes that start while another note of the part sounds (chords, double stops)."""
+    """Share of notes struck together with another note of the part (chords, double stops). A sustained second
+    voice under a moving one does not count: one player of a melody instrument can suggest it."""
     if len(part.onset) < 2:
         return 0.0
-    end = np.maximum.accumulate(part.onset + part.duration)
-    return float(np.mean(part.onset[1:] < end[:-1] - 1e-6))
+    _, counts = np.unique(np.round(part.onset, 6), return_counts=True)
+    return float(counts[counts > 1].sum() / len(part.onset))
 
 
 def _fit(lo: float, hi: float, inst: Instrument, prefer_down: bool) -> int | None:
@@ -302,12 +305,23 @@ def _fold(pitch: np.ndarray, low: int, high: int) -> np.ndarray:
 
 
 def _groups(parts: list[Part], rng: np.random.Generator, layout: str) -> list[list[int]]:
-    """Which parts each stem plays, lowest first: one part each, two middle voices sometimes merged onto one
-    chord instrument, and at most MAX_STEMS stems. MAESTRO: one piano plays everything."""
+    """Which parts each stem plays, lowest first. The staves of one keyboard (or harp) part mostly stay one
+    instrument; two middle voices are sometimes merged onto one chord instrument; at most MAX_STEMS stems.
+    MAESTRO: one piano plays everything."""
     if layout == "maestro":
         return [list(range(len(parts)))]
-    medians = np.array([np.median(p.pitch) for p in parts])
-    groups = [[int(i)] for i in np.argsort(medians, kind="stable")]
+    units: list[list[int]] = []
+    for i, p in enumerate(parts):
+        prev = parts[units[-1][-1]] if units else None
+        if (prev is not None and KEYBOARD_NAMES.search(p.name) and p.name == prev.name
+                and p.program == prev.program and rng.random() < 0.75):
+            units[-1].append(i)
+        else:
+            units.append([i])
+    if len(units) == 1:  # a keyboard piece alone: its hands become two instruments (Slakh mixes ensembles)
+        units = [[i] for i in range(len(parts))]
+    centers = [np.median(np.concatenate([parts[i].pitch for i in u])) for u in units]
+    groups = [units[i] for i in np.argsort(centers, kind="stable")]
     if len(groups) >= 4 and rng.random() < 0.3:
         j = int(rng.integers(1, len(groups) - 2))
         groups[j:j + 2] = [groups[j] + groups[j + 1]]
@@ -404,7 +418,8 @@ def arrange(piece: Piece, seed: int, layout: str, soundfonts: list[str], max_sec
     for g, group in enumerate(groups):
         role = "top" if g == len(groups) - 1 else "bass" if g == 0 and len(groups) > 1 else "mid"
         pitches = np.concatenate([parts[i].pitch for i in group]) + transpose
-        poly = len(group) > 1 or max(_polyphony(parts[i]) for i in group) > 0.15
+        # double stops here and there do not make a violin part a piano part
+        poly = len(group) > 1 or max(_polyphony(parts[i]) for i in group) > 0.35
         if layout == "maestro":
             program, shift = 0, 0
         else:
@@ -512,22 +527,29 @@ def _accents(u: np.ndarray, bars_u: np.ndarray, meters_u: list, amount: float) -
 
 
 def _without_unisons(parts: list[Part]) -> list[Part]:
-    """Parts that one instrument plays together: a note that an earlier part already plays (same onset, same pitch)
-    is dropped, the kept one lasting as long as the longer of the two, so unisons are struck once."""
-    kept, seen = [], {}
-    for part in parts:
-        keep = np.ones(len(part.onset), dtype=bool)
-        duration = part.duration.copy()
-        for j, key in enumerate(zip(np.round(part.onset, 6).tolist(), part.pitch.tolist())):
-            if key in seen:
-                k, jj = seen[key]
-                kept[k].duration[jj] = max(kept[k].duration[jj], duration[j])
-                keep[j] = False
-            else:
-                seen[key] = (len(kept), int(keep[:j].sum()))
-        kept.append(Part(part.name, part.program, part.onset[keep], duration[keep], part.pitch[keep],
-                         part.velocity[keep]))
-    return kept
+    """Parts that one instrument plays together: of the notes with the same onset and pitch (in two parts, or
+    twice in one) the first is kept, lasting as long as the longest, so a unison is struck once."""
+    which = np.concatenate([np.full(len(p.onset), i) for i, p in enumerate(parts)])
+    index = np.concatenate([np.arange(len(p.onset)) for p in parts])
+    onset = np.round(np.concatenate([p.onset for p in parts]), 6)
+    pitch = np.concatenate([p.pitch for p in parts])
+    duration = np.concatenate([p.duration for p in parts])
+    order = np.lexsort((index, which, onset, pitch))  # duplicates adjacent, the first of each run first
+    same = (np.diff(onset[order]) == 0) & (np.diff(pitch[order]) == 0)
+    run_start = np.concatenate([[True], ~same])
+    run_id = np.cumsum(run_start) - 1
+    longest = np.maximum.reduceat(duration[order], np.flatnonzero(run_start))
+    keep = np.zeros(len(onset), dtype=bool)
+    keep[order[run_start]] = True
+    new_duration = duration.copy()
+    new_duration[order] = longest[run_id]
+    out, start = [], 0
+    for i, p in enumerate(parts):
+        sel = slice(start, start + len(p.onset))
+        k = keep[sel]
+        out.append(Part(p.name, p.program, p.onset[k], new_duration[sel][k], p.pitch[k], p.velocity[k]))
+        start += len(p.onset)
+    return out
 
 
 def _resolve_overlaps(on, off, pitch, vel):

@@ -229,7 +229,8 @@ def parse_work(work_id: str, cache_dir: str, timeout_s: float) -> ParseResult:
     if json_path.exists():
         try:
             meta = json.loads(json_path.read_text(encoding="utf-8"))
-            if meta.get("format") == PARSE_FORMAT and (not meta["ok"] or midi_path.exists()):
+            retry = meta.get("timed_out") and timeout_s > float(meta.get("timeout_s", 0))  # more time now
+            if meta.get("format") == PARSE_FORMAT and (not meta["ok"] or midi_path.exists()) and not retry:
                 return ParseResult(work_id, bool(meta["ok"]), meta.get("reason", ""))
         except (OSError, ValueError, KeyError):
             pass  # a damaged cache entry is parsed again
@@ -240,7 +241,8 @@ def parse_work(work_id: str, cache_dir: str, timeout_s: float) -> ParseResult:
     try:
         meta = {"ok": True, "reason": "", **_parse_to_cache(corpus_root() / work_id, midi_path, json_path)}
     except _Timeout:
-        meta = {"ok": False, "reason": f"parsing took longer than {timeout_s:g} s"}
+        meta = {"ok": False, "reason": f"parsing took longer than {timeout_s:g} s", "timed_out": True,
+                "timeout_s": timeout_s}
     except Exception as e:  # music21 raises many types for malformed scores: the work is reported and skipped
         first = str(e).splitlines()[0][:200] if str(e) else ""
         meta = {"ok": False, "reason": f"music21 could not read it ({type(e).__name__}: {first})"}
@@ -289,6 +291,15 @@ class Piece:
     end: float  # quarters: the last note's end
 
 
+def _bar_grid(sigs: list[tuple[float, int, int]], end: float) -> np.ndarray:
+    """Bar starts implied by the time signatures alone."""
+    bars = []
+    for i, (q, num, den) in enumerate(sigs):
+        stop = sigs[i + 1][0] if i + 1 < len(sigs) else max(end, q + 1e-9)
+        bars.extend(np.arange(q, stop, num * 4.0 / den).tolist())
+    return np.unique(np.round(np.array(bars or [0.0]), 6))
+
+
 def load_piece(work: Work, cache_dir: str | os.PathLike) -> Piece:
     """The cached parse of a work (parse_work must have succeeded) as a Piece."""
     from symusic import Score
@@ -312,6 +323,8 @@ def load_piece(work: Work, cache_dir: str | os.PathLike) -> Piece:
     marked = bool(np.any(np.abs(tempos[:, 1] - 120.0) > 1e-6))
     sigs = [(float(t.time), int(t.numerator), int(t.denominator)) for t in score.time_signatures] or [(0.0, 4, 4)]
     end = max((float((p.onset + p.duration).max()) for p in parts), default=0.0)
-    bars = np.array(meta.get("bar_starts") or [0.0], dtype=np.float64)
+    bars = np.array(meta.get("bar_starts") or [], dtype=np.float64)
+    if len(bars) < 2:  # a score without measures: bar lines from the meter
+        bars = _bar_grid(sorted(sigs), end)
     return Piece(work, meta.get("title", ""), meta.get("composer", ""), parts, tempos,
                  marked, sorted(sigs), bars, end)

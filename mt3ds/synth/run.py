@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -53,7 +54,7 @@ class SynthOptions:
     seed: int = 0
     workers: int = 1  # processes for parsing and rendering
     max_seconds: float = 300.0  # a longer work is rendered as an excerpt of whole bars at most this long
-    parse_timeout: float = 60.0  # seconds music21 may spend on one file
+    parse_timeout: float = 180.0  # seconds music21 may spend on one file (whole quartets take a minute or more)
     cache: Path | None = None  # parsed-work cache; default $XDG_CACHE_HOME/mt3ds/music21
     works: list | None = None  # explicit corpus paths instead of the whole corpus
     holdout: Path | None = None  # the held-out list; default the one bundled in mt3ds/assets
@@ -140,6 +141,7 @@ def _identity(opts: SynthOptions, soundfonts: list[str], holdout: frozenset) -> 
     import music21
 
     return {"format": FORMAT, "layout": opts.layout, "seed": opts.seed, "max_seconds": opts.max_seconds,
+            "parse_timeout": opts.parse_timeout,
             "soundfonts": [{"name": Path(s).name, "bytes": Path(s).stat().st_size} for s in soundfonts],
             "works": sorted(opts.works) if opts.works is not None else None,
             "holdout": sorted(holdout), "music21": music21.__version__}
@@ -201,8 +203,23 @@ def maestro_names(r: Render) -> tuple[str, str]:
 
 
 def is_done(out: Path, layout: str, r: Render) -> bool:
+    """Whether R's files are complete on disk. A Slakh track folder holding another render means the folder
+    was made by another plan (another corpus, or works that parsed differently): refused, not overwritten."""
     if layout == "slakh":
-        return (slakh_dir(out, r) / "metadata.yaml").is_file()
+        meta_path = slakh_dir(out, r) / "metadata.yaml"
+        if not meta_path.is_file():
+            return False
+        import yaml
+
+        try:
+            synth = yaml.safe_load(meta_path.read_text(encoding="utf-8"))["synth"]
+            same = synth["work"] == r.work.id and synth["render"] == r.round
+        except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
+            same = False
+        if not same:
+            raise UserError(f"{meta_path}: holds another render than this plan's {r.work.id} (render {r.round}); "
+                            "the folder was made from another corpus or cache: use another --out")
+        return True
     audio, midi = maestro_names(r)
     return (out / audio).is_file() and (out / midi).is_file()
 
@@ -221,6 +238,10 @@ class _Context:
     cache: str
 
 
+def _first_line(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
 def _render_one(args: tuple[Render, _Context]) -> tuple[int, str, float, float]:
     """Render and write one planned track: (number, error or '', audio seconds, wall seconds)."""
     r, ctx = args
@@ -229,7 +250,7 @@ def _render_one(args: tuple[Render, _Context]) -> tuple[int, str, float, float]:
         _render_track(r, ctx)
         return r.number, "", r.seconds, time.perf_counter() - start
     except Exception as e:  # a bad render is reported and skipped; the run goes on
-        return r.number, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", 0.0, 0.0
+        return r.number, _first_line(e), 0.0, 0.0
 
 
 def _render_track(r: Render, ctx: _Context) -> None:
@@ -302,8 +323,11 @@ def plan_renders(opts: SynthOptions, works: list[Work], soundfonts: list[str], c
                 seed = render_seed(opts.seed, round_, w)
                 try:
                     arr = arrange(corpus.load_piece(w, cache), seed, opts.layout, soundfonts, opts.max_seconds)
-                except ValueError as e:
+                except ValueError as e:  # a work this layout cannot use (one part for Slakh, no notes)
                     skipped[w.id] = str(e)
+                    continue
+                except Exception as e:  # anything else is a bad work too: reported, and the run goes on
+                    skipped[w.id] = f"cannot arrange it ({_first_line(e)})"
                     continue
                 seconds = total_samples(arr) / SAMPLE_RATE
                 plan.append(Render(len(plan) + 1, w, round_, seed, corpus.split_of(w), seconds))
@@ -338,10 +362,12 @@ def run_synth(opts: SynthOptions) -> dict:
     if not works:
         raise UserError("no works to render: every work asked for is held out")
     opts.out.mkdir(parents=True, exist_ok=True)
-    for stale in opts.out.glob("*/.partial-Track*"):  # left by an interrupted run: rebuilt below
-        import shutil
-
-        shutil.rmtree(stale, ignore_errors=True)
+    for stale in [*opts.out.glob("*/.partial-Track*"), *opts.out.glob("*/*.tmp"), *opts.out.glob(".*.tmp")]:
+        # left by an interrupted run: rebuilt below
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
 
     start = time.perf_counter()
     skipped: dict[str, str] = {}
@@ -411,7 +437,9 @@ def summary_lines(summary: dict) -> list[str]:
              f"held out: {len(summary['held_out'])} works; works available: {summary['works_available']}"]
     if summary["skipped_works"]:
         lines.append(f"skipped {len(summary['skipped_works'])} works:")
-        lines += [f"  {s['work']}: {s['reason']}" for s in summary["skipped_works"]]
+        lines += [f"  {s['work']}: {s['reason']}" for s in summary["skipped_works"][:20]]
+        if len(summary["skipped_works"]) > 20:
+            lines.append(f"  ... and {len(summary['skipped_works']) - 20} more (all in {CONFIG_NAME})")
     if summary["failed"]:
         lines.append(f"failed {len(summary['failed'])} renders:")
         lines += [f"  Track{f['track']:05d} {f['reason']}" for f in summary["failed"]]
