@@ -166,7 +166,7 @@ def inspect_command(path, sample, wav, midi):
 @click.option("--workers", type=int, default=0, help="Parallel processes (default: every CPU core).")
 @click.option("--max-seconds", type=float, default=300.0, show_default=True,
               help="Longer works are rendered as excerpts of whole bars at most this long.")
-@click.option("--parse-timeout", type=float, default=60.0, show_default=True, help="Seconds per music21 file.")
+@click.option("--parse-timeout", type=float, default=180.0, show_default=True, help="Seconds per music21 file.")
 @click.option("--cache", type=click.Path(file_okay=False), default=None,
               help="Parsed-work cache (default: $XDG_CACHE_HOME/mt3ds/music21).")
 @click.option("--work", "works", multiple=True, help="Render only this music21 corpus file (repeatable).")
