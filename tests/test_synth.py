@@ -337,6 +337,14 @@ def test_same_seed_same_files_in_parallel_and_resume_skips(slakh, tmp_path, cach
     twin = tmp_path / "twin"
     run_synth(_options(twin, cache, workers=2))
     assert _tree_hashes(twin) == _tree_hashes(out)
+    # an interrupted run: one track never renamed into place, a half-written folder left behind
+    import shutil
+
+    victim = sorted(twin.glob("train/Track*"))[-1]
+    shutil.move(victim, victim.parent / f".partial-{victim.name}-4242")
+    resumed = run_synth(_options(twin, cache, workers=2))
+    assert resumed["rendered_now"] == 1 and not list(twin.rglob(".partial-*"))
+    assert _tree_hashes(twin) == _tree_hashes(out)
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*.flac")}
     again = run_synth(_options(out, cache))
     assert again["rendered_now"] == 0 and again["already_there"] == summary["tracks"]

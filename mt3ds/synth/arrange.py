@@ -508,7 +508,7 @@ def _midi_meters(bars_u: np.ndarray, meters_u: list, ticks) -> list:
             break
     out.append((int(ticks(first_full)), *meters_u[0][1:]))
     out += [(int(ticks(u)), n, d) for u, n, d in meters_u[1:]]
-    if out[0][0] == out[1][0]:  # no room for a lead-in bar: the piece's meter from the start
+    if len(out) > 1 and out[0][0] == out[1][0]:  # no room for a lead-in bar: the piece's meter from the start
         out = out[1:]
     if out[0][0] != 0:
         out[0] = (0, *out[0][1:])

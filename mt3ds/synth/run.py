@@ -362,6 +362,8 @@ def run_synth(opts: SynthOptions) -> dict:
     if not works:
         raise UserError("no works to render: every work asked for is held out")
     opts.out.mkdir(parents=True, exist_ok=True)
+    if not (opts.out / CONFIG_NAME).exists():  # claimed before anything is rendered: an interrupted run resumes
+        _write_json(opts.out / CONFIG_NAME, {"identity": identity, "code_version": __version__})
     for stale in [*opts.out.glob("*/.partial-Track*"), *opts.out.glob("*/*.tmp"), *opts.out.glob(".*.tmp")]:
         # left by an interrupted run: rebuilt below
         if stale.is_dir():
@@ -386,10 +388,13 @@ def run_synth(opts: SynthOptions) -> dict:
                 failed[number] = f"{by_number[number].work.id}: {error}"
             rendered_s += seconds
             render_wall += wall
-    finally:
+    except BaseException:  # Ctrl-C or a crash: stop the workers now; finished tracks stay, the rest resume
         if pool:
-            pool.close()
-            pool.join()
+            pool.terminate()
+        raise
+    if pool:
+        pool.close()
+        pool.join()
 
     done = [r for r in plan if is_done(opts.out, opts.layout, r)]
     if opts.layout == "maestro":
