@@ -46,7 +46,8 @@ def bench_model(presets=("small", "base"), batch: int = 8, train_tokens: int = 1
         model = model.float().eval()
         model.zero_grad(set_to_none=True)
         features = torch.randn(decode_batch, frames, cfg.n_mels)
-        cached = _time(lambda: model.generate(features, max_len=decode_tokens, ignore_eos=True), 1)
+        cached = _time(lambda: model.generate(features, max_len=decode_tokens, ignore_eos=True), 1,
+                       warmup=lambda: model.generate(features, max_len=check_tokens, ignore_eos=True))
         uncached = _uncached_estimate(model, features, decode_tokens)
         n = decode_batch * decode_tokens
         fig[f"{name}_greedy_cached_tok_s"] = n / cached
@@ -92,14 +93,14 @@ def _uncached_estimate(model: Transcriber, features: torch.Tensor, n_tokens: int
         lengths = sorted({1, n_tokens // 4, n_tokens // 2, 3 * n_tokens // 4, n_tokens} - {0})
         times = []
         token = torch.full((features.shape[0],), vocab.PAD, dtype=torch.long)
-        for t in lengths:
+        for i, t in enumerate(lengths):
             step = _Stepper(model, memory, None, n_tokens, use_cache=False)
 
             def one():
                 step.prefix = torch.randint(3, model.cfg.vocab_size, (features.shape[0], t - 1))
                 step(token)  # one uncached step at prefix length t
 
-            times.append(_time(one, 1))
+            times.append(_time(one, 1, warmup=None if i == 0 else (lambda: None)))  # one warm-up is enough
     all_t = torch.arange(1, n_tokens + 1, dtype=torch.float64)
     xs, ys = torch.tensor(lengths, dtype=torch.float64), torch.tensor(times, dtype=torch.float64)
     idx = torch.searchsorted(xs, all_t).clamp(1, len(xs) - 1)
@@ -107,10 +108,10 @@ def _uncached_estimate(model: Transcriber, features: torch.Tensor, n_tokens: int
     return float((y0 + (y1 - y0) * (all_t - x0) / (x1 - x0)).sum())
 
 
-def _time(fn, repeats: int, device="cpu") -> float:
-    """Best of `repeats` timed calls after one warm-up call."""
+def _time(fn, repeats: int, device="cpu", warmup=None) -> float:
+    """Best of `repeats` timed calls of fn after one call of warmup (default: fn itself)."""
     sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
-    fn()
+    (warmup or fn)()
     sync()
     best = float("inf")
     for _ in range(repeats):
@@ -152,6 +153,7 @@ def _cuda_figures(name, cfg, B, T, S, decode_batch, decode_tokens, repeats) -> d
         fig[f"{name}_cuda_mfu_bf16"] = 3 * forward_flops(cfg, B, T, S) / step / peak
     model = model.to(device, torch.bfloat16).eval()
     features = torch.randn(decode_batch, S, cfg.n_mels, device=device, dtype=torch.bfloat16)
-    cached = _time(lambda: model.generate(features, max_len=decode_tokens, ignore_eos=True), 1, device)
+    cached = _time(lambda: model.generate(features, max_len=decode_tokens, ignore_eos=True), 1, device,
+                   warmup=lambda: model.generate(features, max_len=16, ignore_eos=True))
     fig[f"{name}_cuda_greedy_cached_bf16_tok_s"] = decode_batch * decode_tokens / cached
     return fig

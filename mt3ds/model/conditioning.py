@@ -31,7 +31,8 @@ def instrument_sequence(instruments: torch.Tensor | None, batch: int, device, dr
         present = torch.zeros(batch, N_INSTRUMENTS, dtype=torch.bool, device=device)
     else:
         if instruments.shape != (batch, N_INSTRUMENTS):
-            raise ValueError(f"instruments must be [{batch}, {N_INSTRUMENTS}] multi-hot, got {tuple(instruments.shape)}")
+            raise ValueError(f"instruments must be [{batch}, {N_INSTRUMENTS}] multi-hot, "
+                             f"got {tuple(instruments.shape)}")
         present = instruments.to(device) > 0
     if drop > 0:
         present = present & (torch.rand(batch, 1, device=device) >= drop)  # drop the whole set of a row

@@ -142,7 +142,7 @@ class ModelConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "ModelConfig":
-        """A named preset, optionally with some fields changed: ModelConfig.preset('small', conditioning='dual_stream')."""
+        """A named preset with some fields changed: ModelConfig.preset('small', conditioning='dual_stream')."""
         if name not in PRESETS:
             raise ValueError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
         return replace(PRESETS[name], **overrides)

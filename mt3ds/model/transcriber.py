@@ -180,7 +180,8 @@ class Transcriber(nn.Module):
     def _frame_bce(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         target = target.to(logits.device, torch.float32)
         if target.shape != logits.shape:
-            raise ValueError(f"frame targets {tuple(target.shape)} do not match the encoder frames {tuple(logits.shape)}")
+            raise ValueError(f"frame targets {tuple(target.shape)} do not match the encoder frames "
+                             f"{tuple(logits.shape)}")
         if self.cfg.aux_pos_weight is not None:
             pos_weight = torch.tensor(self.cfg.aux_pos_weight, device=logits.device)
         else:  # rare positives (onsets) would otherwise be ignored: sqrt(neg / pos) of this batch, at least 1
