@@ -341,3 +341,10 @@ def test_ema_average_and_warmup():
         model.weight.fill_(7.0)
     frozen.update(model)
     assert torch.equal(frozen.state_dict(model)["weight"], model.weight)
+
+
+def test_shipped_training_configs_load():
+    for path in sorted((REPO / "configs").glob("*.yaml")):
+        cfg = load_train_config(path)
+        assert cfg.data.train and cfg.run_dir.startswith("runs/"), path
+    assert {p.name for p in (REPO / "configs").glob("*.yaml")} >= {"smoke_cpu.yaml", "base_gpu.yaml"}
