@@ -225,6 +225,10 @@ def train(cfg: TrainConfig, ds_config: dict, ds_path: str = "ds_config") -> dict
         if engine.global_steps != state["step"]:
             raise UserError(f"{resume_dir}: DeepSpeed restored step {engine.global_steps}, state.json says "
                             f"{state['step']}")
+    else:
+        # DeepSpeed sets the first step's rate before its scheduler has started (iteration -1, rate 0); one step
+        # puts optimizer step k at schedule iteration k - 1, so warmup runs 0 -> lr and the last step ends the cosine.
+        engine.lr_scheduler.step()
     state.update(run_dir=str(run_dir), hardware=hw, world_size=world)
     start_step = state["step"]
     if rank == 0:
