@@ -1,0 +1,151 @@
+"""`mt3ds transcribe`: the whole command with a tiny model on synthetic files, exact stitching with an oracle
+decoder, output naming, and each bad input."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from click.testing import CliRunner
+
+from mt3ds.cli import cli, main
+from mt3ds.config import AudioConfig
+from mt3ds.errors import UserError
+from mt3ds.model.config import ModelConfig
+from mt3ds.model.io import model_meta, save_model
+from mt3ds.model.transcriber import Transcriber as Model
+from mt3ds.tokens.codec import encode_notes
+from mt3ds.tokens.midi import read_midi
+from mt3ds.tokens.notes import Notes
+from mt3ds.transcribe import Transcriber, parse_instruments
+
+SR = 16000
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    """A tiny random model with short decodes (max_tokens 48) so the whole command runs in a second or two."""
+    torch.manual_seed(0)
+    cfg = ModelConfig.preset("tiny", max_tokens=48, conditioning="decoder_pool")
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_model(Model(cfg).state_dict(), path, model_meta(cfg))
+    return path
+
+
+def tones(seconds, rate=SR, channels=1, freqs=(440.0, 660.0)):
+    t = np.arange(int(seconds * rate)) / rate
+    x = sum(0.2 * np.sin(2 * np.pi * f * t) * (np.sin(2 * np.pi * 0.5 * t) > 0) for f in freqs)
+    return np.repeat(x[:, None], channels, axis=1).astype(np.float32)
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.mark.parametrize("suffix,rate,channels", [(".wav", 44100, 2), (".flac", 22050, 1), (".ogg", 48000, 2),
+                                                  (".mp3", 44100, 2)])
+def test_whole_command_on_formats_rates_and_channels(tmp_path, model_path, suffix, rate, channels):
+    src = tmp_path / f"clip{suffix}"
+    sf.write(src, tones(3.0, rate, channels), rate)
+    out = tmp_path / "clip.mid"
+    result = run("transcribe", src, "-o", out, "--model", model_path, "--quiet", "--instruments", "piano,drums")
+    assert result.exit_code == 0, result.output
+    notes, _ = read_midi(out)  # a real MIDI file: it parses
+    assert (notes.onset >= 0).all() and (notes.onset <= 3.0 + 0.25).all()
+
+
+def test_folder_in_csv_and_plot_out_one_bad_file_reported(tmp_path, model_path, capsys):
+    pytest.importorskip("matplotlib")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    sf.write(folder / "a.wav", tones(2.5), SR)
+    sf.write(folder / "b.flac", tones(1.0), SR)  # shorter than one chunk: zero-padded, transcribed
+    (folder / "c.wav").write_text("not audio")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["transcribe", str(folder), "-o", str(tmp_path / "out"), "--model", str(model_path), "--csv",
+              "--plot", "--quiet", "--batch-size", "1"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "c.wav" in err and "1 of 3 inputs failed" in err and "Traceback" not in err
+    for name in ("a", "b"):
+        assert (tmp_path / "out" / f"{name}.mid").exists()
+        assert (tmp_path / "out" / f"{name}.csv").read_text().startswith("onset_s,offset_s,pitch")
+        assert (tmp_path / "out" / f"{name}.png").stat().st_size > 1000
+    assert not (tmp_path / "out" / "c.mid").exists()
+
+
+def test_silence_gives_a_valid_midi_and_no_error(tmp_path, model_path):
+    sf.write(tmp_path / "silence.wav", np.zeros(SR * 3, dtype=np.float32), SR)
+    result = run("transcribe", tmp_path / "silence.wav", "-o", tmp_path / "s.mid", "--model", model_path, "--quiet")
+    assert result.exit_code == 0 and (tmp_path / "s.mid").exists()
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda p: None, "no such file"),
+    (lambda p: p.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk"), "unreadable audio"),
+    (lambda p: sf.write(p, np.array([0.1, np.nan, 0.2] * 8000, dtype=np.float32), SR, subtype="FLOAT"), "NaN"),
+])
+def test_bad_files_are_one_line_errors(tmp_path, model_path, capsys, make, message):
+    src = tmp_path / "bad.wav"
+    make(src)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["transcribe", str(src), "-o", str(tmp_path / "o.mid"), "--model", str(model_path), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code != 0 and message in err and str(src) in err and "\n" not in err
+
+
+def test_unknown_instrument_lists_accepted_names():
+    with pytest.raises(UserError, match="unknown instrument 'kazoo'.*piano") as err:
+        parse_instruments("piano,kazoo")
+    assert err.value.exit_code == 2
+    assert parse_instruments("drums, 33,piano") == [0, 33, 128]
+
+
+def test_no_bundled_model_says_so_or_loads(tmp_path):
+    from mt3ds.transcribe import DEFAULT_MODEL
+    sf.write(tmp_path / "a.wav", tones(1.0), SR)
+    if DEFAULT_MODEL.exists():
+        pytest.skip("a default model is bundled")
+    with pytest.raises(UserError, match="no default model is bundled"):
+        Transcriber(None)
+
+
+def test_several_inputs_need_an_output_folder(tmp_path, model_path):
+    for n in ("a", "b"):
+        sf.write(tmp_path / f"{n}.wav", tones(0.5), SR)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["transcribe", str(tmp_path / "a.wav"), str(tmp_path / "b.wav"), "-o", str(tmp_path / "x.mid"),
+              "--model", str(model_path)])
+    assert exit_info.value.code == 2
+
+
+def test_chunks_are_stitched_in_time_with_an_oracle_decoder(model_path, monkeypatch):
+    """Replace the network's output with the true tokens of each chunk: the command's chunking, time encoding and
+    stitching must then give back the notes, including one held across three chunks."""
+    engine = Transcriber(model_path)
+    cfg = AudioConfig()
+    truth = Notes([0.1, 1.0, 2.5, 4.3], [0.6, 5.0, 3.0, 4.4], [60, 64, 67, 38], [80, 90, 70, 100], [0, 33, 0, 128])
+    audio = np.zeros(int(5.5 * SR), dtype=np.float32)
+    n_chunks = -(-len(audio) // cfg.chunk_samples)
+    expected = encode_notes(truth, n_chunks=n_chunks, time_encoding=engine.time_encoding)
+    calls = []
+
+    def oracle(chunks, programs=None, batch_size=None, beam=1, use_cache=True, progress=None):
+        calls.append(len(chunks))
+        return expected.chunks()
+
+    monkeypatch.setattr(engine, "decode_chunks", oracle)
+    notes, chunks = engine.transcribe_audio(audio, "oracle")
+    assert calls == [chunks] == [n_chunks]
+    np.testing.assert_allclose(notes.onset, truth.onset, atol=0.005)
+    np.testing.assert_allclose(notes.offset[~notes.is_drum], truth.offset[~truth.is_drum], atol=0.005)
+    assert notes.program.tolist() == truth.program.tolist()
+
+
+def test_decode_chunks_batches_agree(model_path):
+    engine = Transcriber(model_path)
+    chunks = np.random.default_rng(0).normal(0, 0.05, (3, AudioConfig().chunk_samples)).astype(np.float32)
+    one = engine.decode_chunks(chunks, batch_size=1)
+    all_ = engine.decode_chunks(chunks, batch_size=3)
+    assert [a.tolist() for a in one] == [b.tolist() for b in all_]
+    assert all(seq[-1] == 1 or len(seq) == 48 for seq in one)
