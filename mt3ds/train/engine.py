@@ -272,10 +272,11 @@ def train(cfg: TrainConfig, ds_config: dict, ds_path: str = "ds_config") -> dict
         if rank == 0:
             ckpt.prune(ckpt_dir, cfg.checkpoint.keep_last, cfg.checkpoint.keep_best)
 
-    # interval accumulators (this rank), reduced across ranks at each metric line
-    acc = torch.zeros(7, dtype=torch.float64)  # loss, token_loss x tok, acc x tok, tokens, micro, samples, skipped
+    # interval sums on this rank, kept on the device (no host sync per step) and reduced at each metric line:
+    # loss, token loss x tokens, correct tokens, tokens, [frame onset loss, frame active loss]
+    sums = torch.zeros(6, dtype=torch.float64, device=device)
+    micro = samples = skipped = 0
     flops = 0.0
-    aux = torch.zeros(2, dtype=torch.float64)
     interval_t0 = time.perf_counter()
     batches = iter(loader)
     engine.train()
@@ -290,11 +291,11 @@ def train(cfg: TrainConfig, ds_config: dict, ds_path: str = "ds_config") -> dict
         loss, m = engine(features, batch=b, label_smoothing=cfg.label_smoothing)
         engine.backward(loss)
         engine.step()
-        n_tok = float(m["tokens"])
-        acc += torch.tensor([float(m["loss"]), float(m["token_loss"]) * n_tok, float(m["token_acc"]) * n_tok, n_tok,
-                             1, len(batch["keys"]), float(batch.get("skipped", 0))], dtype=torch.float64)
-        if "frame_onset_loss" in m:
-            aux += torch.tensor([float(m["frame_onset_loss"]), float(m["frame_active_loss"])], dtype=torch.float64)
+        tok = m["tokens"].double()
+        zero = torch.zeros((), dtype=torch.float64, device=device)
+        sums += torch.stack([m["loss"].double(), m["token_loss"].double() * tok, m["token_acc"].double() * tok, tok,
+                             m.get("frame_onset_loss", zero).double(), m.get("frame_active_loss", zero).double()])
+        micro, samples, skipped = micro + 1, samples + len(batch["keys"]), skipped + int(batch.get("skipped", 0))
         flops += train_flops(cfg.model, features.shape[0], b["decoder_input"].shape[1], features.shape[1])
         if engine.global_steps == step:
             continue  # inside a gradient accumulation window
@@ -302,28 +303,28 @@ def train(cfg: TrainConfig, ds_config: dict, ds_path: str = "ds_config") -> dict
         state["samples"] += ds["train_batch_size"]  # every rank reads full micro-batches
         ema.update(module)
         if step % cfg.log_every == 0 or step == cfg.steps:
-            totals = torch.cat([acc, aux, torch.tensor([flops], dtype=torch.float64)])
+            totals = torch.cat([sums.cpu(), torch.tensor([micro, samples, skipped, flops], dtype=torch.float64)])
             reduce(totals)
             dt = time.perf_counter() - interval_t0
-            loss_sum, tl, ta, tok, micro, samples, skipped = totals[:7].tolist()
+            loss_sum, tl, ta, tok, onset, active, n_micro, n_samples, n_skipped, n_flops = totals.tolist()
             grad_norm = engine.get_global_grad_norm()
-            record = {"kind": "train", "step": step, "lr": lr, "loss": loss_sum / micro,
+            record = {"kind": "train", "step": step, "lr": lr, "loss": loss_sum / n_micro,
                       "token_loss": tl / max(tok, 1), "token_acc": ta / max(tok, 1),
                       "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                      "samples_per_s": samples / dt, "tokens_per_s": tok / dt,
-                      "step_s": dt / max(micro / ds["gradient_accumulation_steps"] / world, 1),
+                      "samples_per_s": n_samples / dt, "tokens_per_s": tok / dt,
+                      "step_s": dt / max(n_micro / ds["gradient_accumulation_steps"] / world, 1),
                       "samples": state["samples"], "hours_of_data": state["samples"] * chunk_s / 3600,
-                      "wall_min": (wall_at_start + time.perf_counter() - session_t0) / 60, "skipped": int(skipped)}
+                      "wall_min": (wall_at_start + time.perf_counter() - session_t0) / 60, "skipped": int(n_skipped)}
             if cfg.model.aux_frame_loss:
-                record["frame_onset_loss"] = float(totals[7]) / micro
-                record["frame_active_loss"] = float(totals[8]) / micro
+                record["frame_onset_loss"] = onset / n_micro
+                record["frame_active_loss"] = active / n_micro
             if peak:
-                record["mfu"] = float(totals[9]) / dt / (peak * world)
+                record["mfu"] = n_flops / dt / (peak * world)
             if device.type == "cuda":
                 record["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
             log.write(record)
-            acc.zero_()
-            aux.zero_()
+            sums.zero_()
+            micro = samples = skipped = 0
             flops = 0.0
             interval_t0 = time.perf_counter()
         paused = time.perf_counter()  # validation and checkpoints are left out of the throughput figures
