@@ -347,3 +347,17 @@ def test_shipped_training_configs_load():
         cfg = load_train_config(path)
         assert cfg.data.train and cfg.run_dir.startswith("runs/"), path
     assert {p.name for p in (REPO / "configs").glob("*.yaml")} >= {"smoke_cpu.yaml", "base_gpu.yaml"}
+
+
+def test_resume_with_another_precision_or_world_size_is_refused(finished_run):
+    from mt3ds.train.engine import _check_resumable
+
+    run_dir, _ = finished_run
+    latest = ckpt.latest_checkpoint(run_dir / "checkpoints")
+    saved = ckpt.read_state(latest)
+    _check_resumable(saved, saved["ds_config"], 1, latest)  # as it was: fine
+    with pytest.raises(UserError, match=r"written by 1 ranks, ZeRO stage 1, bf16 False; this run has 1 ranks, "
+                                        r"ZeRO stage 1, bf16 True"):
+        _check_resumable(saved, {**saved["ds_config"], "bf16": {"enabled": True}}, 1, latest)
+    with pytest.raises(UserError, match="this run has 4 ranks, ZeRO stage 2"):
+        _check_resumable(saved, {**saved["ds_config"], "zero_optimization": {"stage": 2}}, 4, latest)

@@ -10,7 +10,7 @@
 A checkpoint is written under the tag `stepNNNNNNNN.tmp`, renamed to its final tag when every rank is done, and only
 then named in `latest`; a kill before the rename leaves a `.tmp` folder that is ignored and removed. Retention keeps
 the `keep_last` newest checkpoints, the `keep_best` ones with the lowest validation token loss, and whatever `latest`
-names.
+names; a checkpoint is renamed to a `.tmp` name before it is deleted.
 
 DeepSpeed's own `load_checkpoint` unpickles its files (torch.load with weights_only=False): a run folder is trusted
 local state written by this code. Exported models never contain pickles (model/io.py).
@@ -88,6 +88,15 @@ def best_checkpoint(ckpt_dir) -> Path | None:
     return min(scored)[2] if scored else None
 
 
+def _remove(folder: Path) -> None:
+    """Rename to a .tmp name first (atomic), then delete: a kill midway leaves no half-deleted checkpoint that still
+    looks complete."""
+    trash = folder.with_name(f"{folder.name}.deleting{TMP_SUFFIX}")
+    shutil.rmtree(trash, ignore_errors=True)
+    os.replace(folder, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
@@ -143,7 +152,7 @@ def save_checkpoint(engine, ckpt_dir, step: int, state: dict, ema_tensors: dict[
     barrier()
     if rank == 0:
         if final.exists():  # the same step saved again after a resume
-            shutil.rmtree(final)
+            _remove(final)
         os.replace(tmp_dir, final)
         _atomic_write(ckpt_dir / LATEST, tag)
     barrier()
@@ -185,8 +194,10 @@ def prune(ckpt_dir, keep_last: int, keep_best: int) -> list[Path]:
     latest = latest_checkpoint(ckpt_dir)
     if latest is not None:
         keep.add(latest)
-    removed = [p for _, p in done if p not in keep]
-    removed += [p for p in ckpt_dir.iterdir() if p.is_dir() and p.name.endswith(TMP_SUFFIX)] if ckpt_dir.is_dir() else []
-    for p in removed:
+    leftovers = [p for p in ckpt_dir.iterdir() if p.is_dir() and p.name.endswith(TMP_SUFFIX)]
+    for p in leftovers:
         shutil.rmtree(p, ignore_errors=True)
-    return removed
+    removed = [p for _, p in done if p not in keep]
+    for p in removed:
+        _remove(p)
+    return removed + leftovers

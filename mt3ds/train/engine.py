@@ -137,6 +137,18 @@ def _check_ds_with_deepspeed(ds: dict, where: str) -> None:
         raise UserError(f"{where}: DeepSpeed rejects this config: {' '.join(lines[:3]) or type(e).__name__}") from None
 
 
+def _check_resumable(saved: dict, ds: dict, world: int, where: Path) -> None:
+    """DeepSpeed's checkpoint files are per rank and per precision: refuse what it cannot load, in one line."""
+    old_ds = saved.get("ds_config", {})
+    then = (saved.get("world_size", world), old_ds.get("zero_optimization", {}).get("stage", 0),
+            bool(old_ds.get("bf16", {}).get("enabled", False)))
+    now = (world, ds.get("zero_optimization", {}).get("stage", 0), bool(ds.get("bf16", {}).get("enabled", False)))
+    if then != now:
+        raise UserError(f"{where}: written by {then[0]} ranks, ZeRO stage {then[1]}, bf16 {then[2]}; this run has "
+                        f"{now[0]} ranks, ZeRO stage {now[1]}, bf16 {now[2]}; resume as it was, or export it and "
+                        f"start a new run with init_from")
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The run
 
@@ -177,6 +189,8 @@ def train(cfg: TrainConfig, ds_config: dict, ds_path: str = "ds_config") -> dict
     rank, local_rank, world = init_distributed()
     ds = resolve_ds_config(ds_config, cfg, world, ds_path)
     _check_ds_with_deepspeed(ds, ds_path)
+    if resume_dir is not None:
+        _check_resumable(ckpt.read_state(resume_dir), ds, world, resume_dir)
 
     run_dir = Path(cfg.run_dir)
     ckpt_dir = run_dir / "checkpoints"
