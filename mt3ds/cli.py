@@ -317,6 +317,20 @@ def bench_train(as_json, preset, ds_config, batch, tokens, steps, precision, che
 # --- end bench train -----------------------------------------------------------------------------------------------
 
 
+@bench.command("transcribe")
+@click.option("--model", type=click.Path(dir_okay=False), default=None, help="Exported model (default: bundled).")
+@click.option("--seconds", type=float, default=60.0, show_default=True, help="Length of the generated recording.")
+@click.option("--uncached-chunks", type=int, default=2, show_default=True,
+              help="Chunks decoded without the KV cache (it is slow; the RTF is per audio second).")
+@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object of the figures.")
+def bench_transcribe(model, seconds, uncached_chunks, device, as_json):
+    """Real-time factor of transcribe with/without the KV cache, batch 1 vs all chunks, and basic-pitch's."""
+    from .bench.transcribe import bench_transcribe as run
+
+    _print_figures(run(model=model, seconds=seconds, uncached_chunks=uncached_chunks, device=device), as_json)
+
+
 def _print_figures(figures: dict, as_json: bool) -> None:
     """One JSON object with --json, else an aligned table (nested dicts flattened as parent.child)."""
     if as_json:
