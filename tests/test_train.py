@@ -361,3 +361,23 @@ def test_resume_with_another_precision_or_world_size_is_refused(finished_run):
         _check_resumable(saved, {**saved["ds_config"], "bf16": {"enabled": True}}, 1, latest)
     with pytest.raises(UserError, match="this run has 4 ranks, ZeRO stage 2"):
         _check_resumable(saved, {**saved["ds_config"], "zero_optimization": {"stage": 2}}, 4, latest)
+
+
+def test_validation_scores_decoded_chunks_with_mir_eval():
+    """The scoring validation applies to each decoded chunk: a perfect prediction scores 1, a 100 ms late one 0 on
+    onsets, a malformed token is counted."""
+    from mt3ds.tokens.codec import encode_notes, to_absolute
+    from mt3ds.tokens.notes import Notes
+    from mt3ds.train.validate import score_chunk
+
+    notes = Notes([0.1, 0.5, 1.0], [0.4, 0.9, 1.5], [60, 64, 67], [100, 100, 100], [0, 0, 0])
+    ref = to_absolute(encode_notes(notes, n_chunks=1).chunk(0))
+    late = to_absolute(encode_notes(Notes(notes.onset + 0.1, notes.offset + 0.1, notes.pitch, notes.velocity,
+                                          notes.program), n_chunks=1).chunk(0))
+    _, est, counts, bad = score_chunk(ref, ref, 2.048, "absolute")
+    assert len(est) == 3 and bad == 0
+    assert all(counts[m].scores()["f1"] == 1.0 for m in ("onset", "onset_offset", "multi_full"))
+    _, _, counts, _ = score_chunk(ref, late, 2.048, "absolute")
+    assert counts["onset"].tp == 0 and counts["onset"].n_ref == 3 and counts["onset"].n_est == 3
+    _, _, _, bad = score_chunk(ref, np.concatenate([[2], ref]), 2.048, "absolute")  # UNK first
+    assert bad == 1

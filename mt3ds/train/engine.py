@@ -186,7 +186,7 @@ def train(cfg: TrainConfig, ds_config: dict, ds_path: str = "ds_config") -> dict
     from ..model.transcriber import Transcriber
     from .validate import validate
 
-    rank, local_rank, world = init_distributed()
+    rank, _, world = init_distributed()
     ds = resolve_ds_config(ds_config, cfg, world, ds_path)
     _check_ds_with_deepspeed(ds, ds_path)
     if resume_dir is not None:

@@ -32,6 +32,14 @@ def _to_device(batch: dict, device) -> dict:
     return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
+def score_chunk(reference_ids, generated_ids, chunk_seconds: float, time_encoding: str):
+    """One chunk's reference and generated ids -> (reference Notes, estimated Notes, score_notes counts, malformed
+    tokens in the generated ids). Both are read on their own: tied-in notes are left out of both."""
+    est, stats = decode_tokens([generated_ids], chunk_seconds=chunk_seconds, time_encoding=time_encoding)
+    ref, _ = decode_tokens([reference_ids], chunk_seconds=chunk_seconds, time_encoding=time_encoding)
+    return ref, est, score_notes(ref, est), stats.malformed
+
+
 @torch.no_grad()
 def validate(model, logmel, loader, cfg: ValidationConfig, *, device, rank: int, world_size: int,
              chunk_seconds: float, dump_dir: Path | None = None, all_reduce=None) -> dict:
@@ -66,13 +74,11 @@ def validate(model, logmel, loader, cfg: ValidationConfig, *, device, rank: int,
         generated = generated.cpu().numpy()
         reference = batch["tokens"][:k].cpu().numpy()
         for i in range(k):
-            est, stats = decode_tokens([generated[i]], chunk_seconds=chunk_seconds, time_encoding=time_encoding)
-            ref, _ = decode_tokens([reference[i]], chunk_seconds=chunk_seconds, time_encoding=time_encoding)
-            malformed += stats.malformed
+            ref, est, chunk_counts, bad = score_chunk(reference[i], generated[i], chunk_seconds, time_encoding)
+            malformed += bad
             decoded += 1
-            for name, c in score_notes(ref, est).items():
-                if name in counts:
-                    counts[name] += c
+            for name in SCORED:
+                counts[name] += chunk_counts[name]
             if dump_left > 0:
                 dump_left -= 1
                 dump_dir.mkdir(parents=True, exist_ok=True)
