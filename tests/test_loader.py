@@ -336,3 +336,17 @@ def test_reads_what_mt3ds_shard_writes(tmp_path):
             b["keys"]]
     assert sorted(keys) == sorted(all_keys(valid)) and len(keys) == 3
     assert all("." not in k for k in keys)  # the writer's key sanitising keeps WebDataset's key split intact
+
+
+def test_pipe_folder_spec_streams_manifest_and_shards_through_a_command(big, tmp_path):
+    spec = f"pipe:cat {big}/{{}}"
+    remote = read_manifest(spec)
+    local = read_manifest(big)
+    assert remote.samples == local.samples and len(remote.urls) == len(local.urls)
+    assert all(u.startswith("pipe:cat ") for u in remote.urls)
+    keys = [k for b in validation_loader([spec], cfg(batch_size=5)) for k in b["keys"]]
+    assert sorted(keys) == sorted(all_keys(big))
+    with pytest.raises(UserError, match="needs"):
+        read_manifest(f"pipe:cat {big}/manifest.json")
+    with pytest.raises(UserError, match="fetching manifest.json failed"):
+        read_manifest(f"pipe:cat {tmp_path}/nowhere/{{}}")

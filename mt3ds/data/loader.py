@@ -127,16 +127,44 @@ class ShardSet:
     samples: int  # chunks in the split (n_d of the mixing weights)
 
 
+PIPE = "pipe:"
+
+
+def _read_remote(spec: str, name: str) -> bytes:
+    """Run a `pipe:` folder spec's command for one file name and return its standard output."""
+    import subprocess
+
+    cmd = spec[len(PIPE):].replace("{}", name)
+    done = subprocess.run(cmd, shell=True, capture_output=True, timeout=300)
+    if done.returncode != 0:
+        msg = done.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise UserError(f"{spec}: fetching {name} failed (exit {done.returncode}{': ' + msg[-1] if msg else ''})")
+    return done.stdout
+
+
 def read_manifest(folder, audio: AudioConfig = AudioConfig()) -> ShardSet:
-    """Check a shard folder's manifest.json against this code's vocabulary, audio config and format."""
-    folder = Path(folder)
-    path = folder / "manifest.json"
-    if not folder.is_dir():
-        raise UserError(f"{folder}: not a folder of shards")
-    if not path.is_file():
-        raise UserError(f"{folder}: no manifest.json, so not a shard folder (shards are written by `mt3ds shard`)")
+    """Check a shard folder's manifest.json against this code's vocabulary, audio config and format.
+
+    `folder` is a local folder, or a WebDataset `pipe:` command with `{}` where a file name goes, for shards on
+    object storage: `pipe:aws s3 cp s3://bucket/slakh/train/{} -` reads the manifest through the command and streams
+    each shard the same way."""
+    remote = str(folder).startswith(PIPE)
+    if remote:
+        if "{}" not in str(folder):
+            raise UserError(f"{folder}: a pipe: shard folder needs {{}} where the file name goes, e.g. "
+                            f"'pipe:aws s3 cp s3://bucket/train/{{}} -'")
+        path = str(folder).replace("{}", "manifest.json")
+        text = _read_remote(str(folder), "manifest.json")
+    else:
+        folder = Path(folder)
+        path = folder / "manifest.json"
+        if not folder.is_dir():
+            raise UserError(f"{folder}: not a folder of shards")
+        if not path.is_file():
+            raise UserError(f"{folder}: no manifest.json, so not a shard folder (shards are written by `mt3ds shard`)")
+        text = path.read_bytes()
     try:
-        m = json.loads(path.read_text(encoding="utf-8"))
+        m = json.loads(text.decode("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"{path}: unreadable manifest ({e})") from None
     if not isinstance(m, dict):
@@ -155,11 +183,15 @@ def read_manifest(folder, audio: AudioConfig = AudioConfig()) -> ShardSet:
         raise UserError(f"{path}: malformed manifest ({type(e).__name__}: {e})") from None
     urls = []
     for name, n in shards:
+        if n <= 0:
+            continue
+        if remote:  # WebDataset opens pipe: URLs itself, streaming the command's output
+            urls.append(str(folder).replace("{}", name))
+            continue
         shard = folder / name
         if not shard.is_file():
             raise UserError(f"{shard}: listed in {path} but missing")
-        if n > 0:
-            urls.append(str(shard.resolve()))
+        urls.append(str(shard.resolve()))
     return ShardSet(str(folder), dataset, split, tuple(urls), samples if urls else 0)
 
 
