@@ -139,12 +139,20 @@ def metrics(run_dir, kind: str = "train") -> list[dict]:
     return [r for r in map(json.loads, lines) if r["kind"] == kind]
 
 
+# Built once per session and shared by test_train.py and test_export.py (both import this module; a fixture
+# imported into two test modules would otherwise run once for each). Tests only read what these return.
+_SESSION: dict = {}
+
+
 @pytest.fixture(scope="module")
 def shard_dirs(tmp_path_factory):
     """(train folder with 8 chunks, validation folder with 4 chunks)."""
-    root = tmp_path_factory.mktemp("train_shards")
-    return (write_shards(root / "train", n_tracks=2, chunks_per_track=4, seed=0),
-            write_shards(root / "validation", n_tracks=1, chunks_per_track=4, seed=1, split="validation"))
+    key = ("shards", str(tmp_path_factory.getbasetemp()))
+    if key not in _SESSION:
+        root = tmp_path_factory.mktemp("train_shards")
+        _SESSION[key] = (write_shards(root / "train", n_tracks=2, chunks_per_track=4, seed=0),
+                         write_shards(root / "validation", n_tracks=1, chunks_per_track=4, seed=1, split="validation"))
+    return _SESSION[key]
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +161,9 @@ def finished_run(shard_dirs, tmp_path_factory):
     from mt3ds.train.config import train_config_from_dict
     from mt3ds.train.engine import train
 
-    run_dir = tmp_path_factory.mktemp("finished") / "run"
-    cfg = train_config_from_dict(train_yaml(run_dir, *shard_dirs))
-    return run_dir, train(cfg, CPU_DS_CONFIG)
+    key = ("finished", str(tmp_path_factory.getbasetemp()))
+    if key not in _SESSION:
+        run_dir = tmp_path_factory.mktemp("finished") / "run"
+        cfg = train_config_from_dict(train_yaml(run_dir, *shard_dirs))
+        _SESSION[key] = (run_dir, train(cfg, CPU_DS_CONFIG))
+    return _SESSION[key]
