@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Train the mt3ds transcriber with DeepSpeed. The same script runs one CPU process and many H100 nodes.
 
-CPU smoke run (a few minutes on 2 cores; tiny model, shards from `mt3ds shard`):
+CPU smoke run (a few minutes on 2 cores; tiny model, shards from `mt3ds shard`; on a small or shared CPU box
+export OMP_WAIT_POLICY=PASSIVE first, see ds_configs/README.md):
     deepspeed --num_gpus 1 bin/train.py --ds_config ds_configs/cpu.json --config configs/smoke_cpu.yaml
   or without the launcher (one process; RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT are filled in):
     python bin/train.py --ds_config ds_configs/cpu.json --config configs/smoke_cpu.yaml
