@@ -383,3 +383,19 @@ def test_validation_scores_decoded_chunks_with_mir_eval():
     assert counts["onset"].tp == 0 and counts["onset"].n_ref == 3 and counts["onset"].n_est == 3
     _, _, _, bad = score_chunk(ref, np.concatenate([[2], ref]), 2.048, "absolute")  # UNK first
     assert bad == 1
+
+
+def test_trains_from_pipe_shard_folders(tmp_path, shard_dirs):
+    """Shard folders given as WebDataset pipe: commands (object storage) train like local ones."""
+    from mt3ds.train.engine import train
+
+    pipe = [f"pipe:cat {shard_dirs[0]}/{{}}"]
+    cfg = train_config_from_dict(train_yaml(tmp_path / "run", "x", None, steps=2,
+                                            data={"train": pipe, "validation": [f"pipe:cat {shard_dirs[1]}/{{}}"]},
+                                            validation={"every": 2, "items": 2, "decode_items": 1, "dump_midi": 0,
+                                                        "decode_max_len": 8}))
+    state = train(cfg, CPU_DS_CONFIG)
+    assert state["step"] == 2 and metrics(tmp_path / "run", "validation")[0]["chunks"] == 2
+    bad = train_config_from_dict(train_yaml(tmp_path / "bad", "x", data={"train": [f"pipe:cat {tmp_path}/none/{{}}"]}))
+    with pytest.raises(UserError, match="fetching manifest.json failed"):
+        train(bad, CPU_DS_CONFIG)

@@ -31,7 +31,8 @@ class DataConfig:
     """Shard folders (each one dataset split with its manifest.json) and loader settings."""
 
     train: tuple[str, ...] = ()
-    """Training shard folders, one per dataset; mixed with weights n_d^mix_alpha (loader.mix_alpha)."""
+    """Training shard folders, one per dataset; mixed with weights n_d^mix_alpha (loader.mix_alpha). A folder is a
+    local path or a WebDataset pipe: command with {} for the file name ('pipe:aws s3 cp s3://b/maestro/train/{} -')."""
     validation: tuple[str, ...] = ()
     """Validation shard folders; empty: no validation (and no keep_best)."""
     loader: dict = field(default_factory=dict)

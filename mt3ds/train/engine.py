@@ -95,12 +95,12 @@ def _all_reduce(device):
 def check_inputs(cfg: TrainConfig) -> tuple[Path | None, dict | None]:
     """Shard folders, resume target and init_from model, checked on every rank before DeepSpeed starts.
     Returns (checkpoint folder to resume from or None, init_from meta or None)."""
-    from ..data.loader import read_manifest
+    from ..data.loader import PIPE, read_manifest
 
     for folder in (*cfg.data.train, *cfg.data.validation):
-        if not Path(folder).exists():
+        if not str(folder).startswith(PIPE) and not Path(folder).exists():
             raise UserError(f"{folder}: shard folder not found")
-        read_manifest(folder)
+        read_manifest(folder)  # a pipe: folder (object storage) is checked by reading its manifest through the pipe
     ckpt_dir = Path(cfg.run_dir) / "checkpoints"
     resume = ckpt.latest_checkpoint(ckpt_dir)
     if resume is not None and not cfg.resume:
