@@ -110,6 +110,9 @@ def test_two_workers_read_different_streams_reproducibly(big, small):
 
 
 def test_rank_from_environment_and_no_single_node_refusal(big, small, monkeypatch):
+    # An earlier in-process training test may have initialized torch.distributed (world size 1), which node_rank
+    # rightly prefers: this test is about the environment fallback.
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
     stream = TrainStream([big, small], cfg())
