@@ -67,7 +67,7 @@ def _tree_digest(folder: Path) -> str:
     return h.hexdigest()
 
 
-def bench_shard(minutes: float = 4.0, tracks: int = 8, repeats: int = 2) -> dict:
+def bench_shard(minutes: float = 20.0, tracks: int = 16, repeats: int = 2) -> dict:
     """The figures of the module docstring; each timing is the best of REPEATS."""
     import json
 
