@@ -20,9 +20,11 @@ def cli():
     """mt3ds: multi-instrument audio-to-MIDI transcription, MT3-style.
 
     \b
-    shard     -> index a dataset, run the offline audio chain, write WebDataset shards
-    train     -> deepspeed bin/train.py --ds_config ds_configs/bf16.json
-    transcribe-> audio files -> multi-track General MIDI
+    1. mt3ds shard --dataset maestro|slakh|slakh_stems --root DATA --out shards/NAME
+    2. deepspeed bin/train.py --ds_config ds_configs/bf16.json --config configs/base_gpu.yaml
+       then: mt3ds export runs/base -o model.safetensors
+    3. mt3ds transcribe AUDIO... -o OUT [--model model.safetensors]
+       and:  mt3ds evaluate --ref REF --est EST
     """
 
 
