@@ -11,16 +11,21 @@ from mt3ds.tokens.codec import (TRAIN_CHUNK_SECONDS, decode_tokens, encode_notes
                                 to_absolute, to_delta)
 from mt3ds.tokens.notes import DRUM_SECONDS, Notes
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "design" / "golden"
-if not GOLDEN.exists():  # CI clones the repo with shared/ beside it; a developer checkout has ../shared too
-    GOLDEN = Path(__file__).resolve().parents[1] / "shared" / "design" / "golden"
+# The design's golden files, vendored so the tests never depend on where the checkout sits; the design's own copy
+# (../shared/design/golden beside the checkout) is compared with them when it is there.
+GOLDEN = Path(__file__).resolve().parent / "resources" / "golden"
+DESIGN_GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "design" / "golden"
 
 
 def golden(name):
-    path = GOLDEN / name
-    if not path.exists():
-        pytest.skip(f"golden file {path} not present")
-    return json.loads(path.read_text())
+    return json.loads((GOLDEN / name).read_text())
+
+
+@pytest.mark.parametrize("name", ["seed_example.json", "seed_example_absolute.json"])
+def test_vendored_golden_files_match_the_design(name):
+    if not (DESIGN_GOLDEN / name).exists():
+        pytest.skip(f"{DESIGN_GOLDEN} not beside this checkout")
+    assert json.loads((DESIGN_GOLDEN / name).read_text()) == golden(name)
 
 
 @pytest.mark.parametrize("name,encoding", [("seed_example.json", "delta"),
