@@ -173,3 +173,16 @@ def test_chunk_pads_the_last_chunk():
     assert not c.reshape(-1)[70000:].any()
     assert A.chunk(np.ones(32768, np.float32), CFG).shape == (1, 32768)
     assert A.chunk(np.zeros(0, np.float32), CFG).shape == (0, 32768)
+
+
+def test_long_files_are_streamed_block_by_block_with_identical_samples(tmp_path, monkeypatch):
+    import mt3ds.data.audio as audio_mod
+
+    rate = 44100
+    x = np.random.default_rng(3).normal(0, 0.1, (rate * 5, 2)).astype(np.float32)
+    path = tmp_path / "long.flac"
+    sf.write(path, x, rate)
+    whole = audio_mod.load_audio(path, 16000)
+    monkeypatch.setattr(audio_mod, "STREAM_BLOCK_SECONDS", 0.7)  # 5 s -> 8 blocks
+    streamed = audio_mod.load_audio(path, 16000)
+    np.testing.assert_array_equal(streamed, whole)

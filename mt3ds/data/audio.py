@@ -30,8 +30,13 @@ _TP_BLOCK = 2048  # samples per block when skipping blocks that cannot hold the 
 _TP_MARGIN = 64  # > resample_poly's 10 input samples of filter half-length: block interiors come out exact
 
 
+STREAM_BLOCK_SECONDS = 60.0  # longer files are decoded and resampled block by block
+
+
 def load_audio(path, sample_rate: int = 16000) -> np.ndarray:
-    """Decode PATH (wav/flac/ogg/..., any rate and channel count) to float32 mono at SAMPLE_RATE.
+    """Decode PATH (wav/flac/ogg/mp3/..., any rate and channel count) to float32 mono at SAMPLE_RATE.
+    Files longer than a minute are decoded and resampled in one-minute blocks (soxr's stream gives the same samples
+    as one call), so an hour of 44.1 kHz stereo never sits in memory whole: only its 16 kHz mono result does.
     UserError naming the file when it is missing, unreadable, or holds no samples."""
     p = Path(path)
     if not p.exists():
@@ -39,14 +44,28 @@ def load_audio(path, sample_rate: int = 16000) -> np.ndarray:
     if not p.is_file():
         raise UserError(f"{p}: not a file")
     try:
-        x, sr = sf.read(str(p), dtype="float32", always_2d=True)
+        with sf.SoundFile(str(p)) as f:
+            sr, frames = f.samplerate, f.frames
+            block = int(STREAM_BLOCK_SECONDS * sr)
+            if frames <= block:
+                x = f.read(dtype="float32", always_2d=True)
+                mono = downmix(x) if len(x) else np.zeros(0, np.float32)
+                if len(mono) and sr != sample_rate:
+                    mono = soxr.resample(mono, sr, sample_rate, quality="HQ")
+            else:
+                stream = soxr.ResampleStream(sr, sample_rate, 1, dtype="float32", quality="HQ") \
+                    if sr != sample_rate else None
+                parts = []
+                for x in f.blocks(blocksize=block, dtype="float32", always_2d=True):
+                    m = downmix(x)
+                    parts.append(stream.resample_chunk(m, last=False) if stream else m.copy())
+                if stream:
+                    parts.append(stream.resample_chunk(np.zeros(0, np.float32), last=True))
+                mono = np.concatenate(parts) if parts else np.zeros(0, np.float32)
     except (RuntimeError, TypeError, ValueError) as e:  # sf.LibsndfileError is a RuntimeError
         raise UserError(f"{p}: unreadable audio ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-    if x.shape[0] == 0:
+    if len(mono) == 0:
         raise UserError(f"{p}: no audio samples")
-    mono = downmix(x)
-    if sr != sample_rate:
-        mono = soxr.resample(mono, sr, sample_rate, quality="HQ")
     return np.ascontiguousarray(mono, dtype=np.float32)
 
 
