@@ -334,6 +334,24 @@ def bench_transcribe(model, seconds, uncached_chunks, device, as_json):
     _print_figures(run(model=model, seconds=seconds, uncached_chunks=uncached_chunks, device=device), as_json)
 
 
+@bench.command("quality")
+@click.option("--model", type=click.Path(dir_okay=False), default=None, help="Exported model (default: bundled).")
+@click.option("--dataset", type=click.Choice(["maestro", "slakh", "slakh_stems"]), required=True)
+@click.option("--root", type=click.Path(), required=True, help="The dataset's folder, as published.")
+@click.option("--split", default="test", show_default=True)
+@click.option("--limit", type=int, default=None, help="Score only the first N tracks.")
+@click.option("--no-instruments", is_flag=True, help="Skip the run with each track's instrument list given.")
+@click.option("--no-basic-pitch", is_flag=True, help="Skip basic-pitch even when it is installed.")
+@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object of the figures.")
+def bench_quality(model, dataset, root, split, limit, no_instruments, no_basic_pitch, device, as_json):
+    """Note F1s and real-time factor of a model on a dataset split, beside basic-pitch's on the same files."""
+    from .bench.quality import bench_quality as run
+
+    _print_figures(run(model, dataset, root, split, limit, instruments=not no_instruments,
+                       basic_pitch=not no_basic_pitch, device=device), as_json)
+
+
 def _print_figures(figures: dict, as_json: bool) -> None:
     """One JSON object with --json, else an aligned table (nested dicts flattened as parent.child)."""
     if as_json:

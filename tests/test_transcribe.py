@@ -149,3 +149,19 @@ def test_decode_chunks_batches_agree(model_path):
     all_ = engine.decode_chunks(chunks, batch_size=3)
     assert [a.tolist() for a in one] == [b.tolist() for b in all_]
     assert all(seq[-1] == 1 or len(seq) == 48 for seq in one)
+
+
+def test_bench_quality_scores_a_split_with_and_without_instruments(tmp_path, model_path):
+    from dataset_fixtures import make_slakh_track
+
+    from mt3ds.bench.quality import bench_quality
+
+    for i in (1, 2):
+        stems = [{"program": 0, "seed": i}, {"program": 33, "seed": 9 + i}]
+        make_slakh_track(tmp_path / "slakh" / "test" / f"Track0000{i}", stems, 2.5, seed=i)
+    fig = bench_quality(model_path, "slakh", tmp_path / "slakh", "test", basic_pitch=False)
+    assert fig["tracks"] == 2 and fig["audio_seconds"] == pytest.approx(5.0, abs=0.1)
+    for prefix in ("mt3ds_", "mt3ds_with_instruments_"):
+        f1 = fig[prefix + "onset_f1"]
+        assert f1 is None or 0.0 <= f1 <= 1.0
+    assert fig["mt3ds_rtf"] > 0 and fig["basic_pitch_rtf"] is None

@@ -1,0 +1,93 @@
+"""`mt3ds bench quality`: transcription quality and speed of a model on a dataset split, against basic-pitch.
+
+Indexes a dataset in its published layout (e.g. the synthetic corpus from `mt3ds synth`), transcribes every track of
+one split, scores it with `mt3ds evaluate`'s metrics against the track's target notes (for Slakh: the union of the
+stem MIDI files, as the shards use), and, when basic-pitch is installed, does the same with basic-pitch on the same
+files in the same run. Optionally also with each track's instrument list given to the model (`--instruments`),
+to show what Step 3 conditioning buys. Figures: pooled onset, onset+offset, frame, multi-instrument (full and
+class) and drum onset F1, and the real-time factor of each system.
+"""
+from __future__ import annotations
+
+import contextlib
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ..evaluate import METRICS, Counts, score_notes
+
+
+def _pooled(pairs) -> dict:
+    total = {m: Counts() for m in METRICS}
+    for ref, est in pairs:
+        for m, c in score_notes(ref, est).items():
+            total[m] += c
+    return {f"{m}_f1": total[m].scores()["f1"] for m in METRICS}
+
+
+def _basic_pitch(paths):
+    """basic-pitch's notes for each file (program 0: it names no instrument) and its total seconds, or None."""
+    try:
+        from basic_pitch import ICASSP_2022_MODEL_PATH
+        from basic_pitch.inference import Model, predict
+    except Exception:  # not installed: an optional peer (README, Benchmarks)
+        return None, None
+    import numpy as np
+
+    from ..tokens.notes import Notes
+
+    model = Model(ICASSP_2022_MODEL_PATH)
+    out, elapsed = [], 0.0
+    with contextlib.redirect_stdout(sys.stderr):
+        predict(str(paths[0]), model)  # compiles its graph on the first call: not timed
+        for p in paths:
+            t0 = time.perf_counter()
+            _, _, events = predict(str(p), model)
+            elapsed += time.perf_counter() - t0
+            ev = np.array([(e[0], e[1], e[2], e[3]) for e in events], dtype=np.float64).reshape(-1, 4)
+            out.append(Notes(ev[:, 0], ev[:, 1], ev[:, 2].astype(int),
+                             np.clip((ev[:, 3] * 127).round(), 1, 127).astype(int), np.zeros(len(ev), int)))
+    return out, elapsed
+
+
+def bench_quality(model, dataset: str, root, split: str = "test", limit: int | None = None,
+                  instruments: bool = True, basic_pitch: bool = True, device: str = "cpu") -> dict:
+    from ..data.audio import load_audio
+    from ..data.index import index
+    from ..data.shards import read_target
+    from ..transcribe import Transcriber
+
+    records = index(dataset, root, [split]).records[:limit]
+    if not records:
+        from ..errors import UserError
+        raise UserError(f"{root}: no {split} tracks of dataset {dataset}")
+    engine = Transcriber(model, device)
+    refs = [read_target(r) for r in records]
+    audio_s = sum(r.duration_s for r in records)
+    fig = {"model": str(model or "bundled default"), "dataset": dataset, "split": split, "tracks": len(records),
+           "audio_seconds": round(audio_s, 1)}
+
+    def run(with_instruments: bool):
+        ests, t0 = [], time.perf_counter()
+        for r in records:
+            audio = load_audio(r.audio_path, engine.audio_cfg.sample_rate)
+            programs = sorted(set(r.instrument_programs)) if with_instruments else None
+            ests.append(engine.transcribe_audio(audio, r.track_id, programs)[0])
+        return ests, time.perf_counter() - t0
+
+    ests, elapsed = run(False)
+    fig.update({f"mt3ds_{k}": v for k, v in _pooled(zip(refs, ests)).items()})
+    fig["mt3ds_rtf"] = elapsed / audio_s
+    if instruments:
+        ests_i, _ = run(True)
+        fig.update({f"mt3ds_with_instruments_{k}": v for k, v in _pooled(zip(refs, ests_i)).items()})
+    bp, bp_s = _basic_pitch([r.audio_path for r in records]) if basic_pitch else (None, None)
+    if bp is not None:
+        scores = _pooled(zip(refs, bp))
+        for k in ("onset_f1", "onset_offset_f1", "frame_f1"):  # instrument-agnostic: only these mean anything
+            fig[f"basic_pitch_{k}"] = scores[k]
+        fig["basic_pitch_rtf"] = bp_s / audio_s
+    else:
+        fig["basic_pitch_onset_f1"] = fig["basic_pitch_rtf"] = None
+    return fig
