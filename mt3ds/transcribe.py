@@ -1,10 +1,11 @@
 """Audio files -> multi-track General MIDI (decisions §7).
 
 Per file: decode and resample, the offline chain of training (high-pass, loudness, pre-emphasis, dither), 2.048 s
-chunks; chunks go through log-mel features and the model in batches (KV-cache greedy or beam decoding), and the
-chunks' tokens are stitched into notes (a note sounding at a chunk's end and absent from the next chunk's tie
-section ends at the boundary). Memory stays bounded on long inputs: features and decoder state exist for one batch
-of chunks at a time, and only the 16 kHz waveform of the file is held whole (230 MB per hour).
+chunks; chunks go through log-mel features and the model in batches (KV-cache greedy or beam decoding, kept to
+well-formed chunks and to the --instruments list), and the chunks' tokens are stitched into notes (a note sounding
+at a chunk's end and absent from the next chunk's tie section ends at the boundary). Memory stays bounded on long
+inputs: features and decoder state exist for one batch of chunks at a time, and only the 16 kHz waveform of the
+file is held whole (230 MB per hour).
 """
 from __future__ import annotations
 
@@ -128,8 +129,10 @@ class Transcriber:
             audio = torch.from_numpy(np.ascontiguousarray(chunks[start:start + batch_size])).to(self.device)
             with torch.no_grad():
                 feats = self.features(audio.float()).to(self.dtype)
-                tokens = self.model.generate(feats, self.instrument_tensor(programs, len(audio)), beam_size=beam,
-                                             use_cache=use_cache)
+                instruments = self.instrument_tensor(programs, len(audio))
+                # the grammar keeps every chunk well formed; --instruments also limits what it may write
+                tokens = self.model.generate(feats, instruments, beam_size=beam, use_cache=use_cache,
+                                             constrain=True, allowed=instruments)
             out += [_trim(row) for row in tokens.cpu().numpy()]
             if progress is not None:
                 progress.update(len(audio))

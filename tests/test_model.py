@@ -77,42 +77,49 @@ def test_changing_future_tokens_leaves_earlier_logits_alone(positions):
 
 @pytest.mark.parametrize("positions", POSITIONS)
 @pytest.mark.parametrize("conditioning", ["none", "decoder_pool"])
-def test_cached_equals_uncached_random_model(positions, conditioning):
+@pytest.mark.parametrize("constrain", [False, True])
+def test_cached_equals_uncached_random_model(positions, conditioning, constrain):
     model = build(positions=positions, conditioning=conditioning)
     feats, inst = features(3), instruments([0, 33], [128], [])
-    cached, lc = model.generate(feats, inst, max_len=24, return_logits=True)
-    plain, lp = model.generate(feats, inst, max_len=24, return_logits=True, use_cache=False)
+    kw = dict(max_len=24, return_logits=True, constrain=constrain, allowed=inst)
+    cached, lc = model.generate(feats, inst, **kw)
+    plain, lp = model.generate(feats, inst, use_cache=False, **kw)
     assert torch.equal(cached, plain)
     torch.testing.assert_close(lc, lp, atol=1e-4, rtol=0)
+
+
+# The memorized sequences are random ids, not chunks: these tests decode without the grammar (constrain=False).
 
 
 def test_trained_model_learns_and_decodes_its_sequences(trained):
     model, feats, batch, curve = trained
     assert curve[-1] < 0.1 * curve[0]
-    out, logits = model.generate(feats, max_len=20, return_logits=True)
+    out, logits = model.generate(feats, max_len=20, return_logits=True, constrain=False)
     # each row stops at its own EOS; finished rows left the batch and hold PAD afterwards
     assert out.shape == (4, max(MEMORIZED_LENGTHS))
     assert torch.equal(out, batch["tokens"])
-    plain, plain_logits = model.generate(feats, max_len=20, return_logits=True, use_cache=False)
+    plain, plain_logits = model.generate(feats, max_len=20, return_logits=True, use_cache=False, constrain=False)
     assert torch.equal(plain, out)
     torch.testing.assert_close(plain_logits, logits, atol=1e-4, rtol=0)
 
 
 def test_beam_size_one_equals_greedy(trained):
     model, feats, _, _ = trained
-    greedy = model.generate(feats, max_len=20)
-    assert torch.equal(model.generate(feats, max_len=20, beam_size=1), greedy)
+    greedy = model.generate(feats, max_len=20, constrain=False)
+    assert torch.equal(model.generate(feats, max_len=20, beam_size=1, constrain=False), greedy)
     assert torch.equal(model._beam(model.encode(feats), None, 20, True, 1, 1.0), greedy)  # the beam code path
 
 
 def test_beam_search_cached_equals_uncached_and_finds_the_sequences(trained):
     model, feats, batch, _ = trained
-    beam = model.generate(feats, max_len=20, beam_size=3)
+    beam = model.generate(feats, max_len=20, beam_size=3, constrain=False)
     assert torch.equal(beam, batch["tokens"])
-    assert torch.equal(model.generate(feats, max_len=20, beam_size=3, use_cache=False), beam)
+    assert torch.equal(model.generate(feats, max_len=20, beam_size=3, use_cache=False, constrain=False), beam)
     random = build(seed=3)
-    a = random.generate(features(2), max_len=12, beam_size=2)
-    assert torch.equal(random.generate(features(2), max_len=12, beam_size=2, use_cache=False), a)
+    for constrain in (False, True):
+        a = random.generate(features(2), max_len=12, beam_size=2, constrain=constrain)
+        assert torch.equal(random.generate(features(2), max_len=12, beam_size=2, use_cache=False,
+                                           constrain=constrain), a)
 
 
 def test_generate_arguments_and_training_mode_restored():

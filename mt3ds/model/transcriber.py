@@ -12,6 +12,8 @@ run in fp32 even when the weights are bf16 (DeepSpeed bf16 casts weights, not ac
     logits = model(features, decoder_input, instruments)              # fp32 [B, T, 1437]
     loss, metrics = model.loss(features, batch, label_smoothing=0.1)  # or engine(features, batch=batch, ...)
     tokens = model.generate(features, instruments, beam_size=1)       # int64 [B, L], EOS then PAD
+
+Decoding is grammar-constrained by default (model/grammar.py): every emitted chunk parses.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from .attention import KVCache
 from .blocks import DecoderBlock, EncoderBlock, Positions, make_norm
 from .conditioning import DecoderPool, DualStream, EncoderFilm, make_conditioning
 from .config import N_KEYS, ModelConfig
+from .grammar import MAX_STEP, TokenGrammar
 
 IGNORE = -100  # label of padding positions (the loader's contract)
 
@@ -195,7 +198,7 @@ class Transcriber(nn.Module):
     @torch.no_grad()
     def generate(self, features: torch.Tensor, instruments: torch.Tensor | None = None, *, max_len: int | None = None,
                  beam_size: int = 1, use_cache: bool = True, ignore_eos: bool = False, length_penalty: float = 1.0,
-                 return_logits: bool = False):
+                 return_logits: bool = False, constrain: bool = True, allowed: torch.Tensor | None = None):
         """Decode a batch of segments: greedy (beam_size 1) or beam search. Returns int64 (B, L), each row its tokens
         up to and including EOS, then PAD; L <= max_len (default cfg.max_tokens). With return_logits (greedy only)
         also the fp32 logits of every step, (B, L, vocab).
@@ -203,7 +206,13 @@ class Transcriber(nn.Module):
         The encoder runs once; cross-attention keys and values are computed once per segment; each step feeds one
         token per sequence through the KV cache. A sequence leaves the batch at its EOS. use_cache=False re-runs
         the decoder over the whole prefix at every step (the reference the cache is tested against);
-        ignore_eos=True decodes to max_len regardless (benchmarks)."""
+        ignore_eos=True decodes to max_len regardless (benchmarks).
+
+        constrain=True masks, at every step, each token that would make a sequence malformed under the chunk grammar
+        (model/grammar.py; cfg.time_encoding, steps up to grammar.MAX_STEP); with allowed (multi-hot [B, 129],
+        128 = drums) a row writes only those programs and drums (an all-False row: anything). Beam search masks the
+        log-probabilities, so scores stay the model's own. constrain=False decodes freely (allowed is then
+        ignored). return_logits gives the model's logits before the mask."""
         max_len = max_len or self.cfg.max_tokens
         if not 1 <= max_len <= self.cfg.max_dec_len:
             raise ValueError(f"max_len must be in 1..{self.cfg.max_dec_len}, got {max_len}")
@@ -214,13 +223,19 @@ class Transcriber(nn.Module):
         try:
             memory = self.encode(features, instruments)
             hint = self.decoder_hint(instruments, features.shape[0])
+            grammar = None
+            if constrain:
+                if allowed is not None and beam_size > 1:
+                    allowed = allowed.repeat_interleave(beam_size, 0)  # beams of a segment are adjacent rows
+                grammar = TokenGrammar(features.shape[0] * beam_size, memory.device, self.cfg.time_encoding,
+                                       MAX_STEP, allowed)
             if beam_size == 1:
-                return self._greedy(memory, hint, max_len, use_cache, ignore_eos, return_logits)
-            return self._beam(memory, hint, max_len, use_cache, beam_size, length_penalty)
+                return self._greedy(memory, hint, max_len, use_cache, ignore_eos, return_logits, grammar)
+            return self._beam(memory, hint, max_len, use_cache, beam_size, length_penalty, grammar)
         finally:
             self.train(was_training)
 
-    def _greedy(self, memory, hint, max_len, use_cache, ignore_eos, return_logits):
+    def _greedy(self, memory, hint, max_len, use_cache, ignore_eos, return_logits, grammar=None):
         B = memory.shape[0]
         step = _Stepper(self, memory, hint, max_len, use_cache)
         out = torch.full((B, max_len), vocab.PAD, dtype=torch.long, device=memory.device)
@@ -230,7 +245,11 @@ class Transcriber(nn.Module):
         length = 0
         for t in range(max_len):
             logits = step(token)  # (n, vocab)
-            token = _never_pad(logits).argmax(-1)
+            if grammar is None:
+                token = _never_pad(logits).argmax(-1)
+            else:
+                token = grammar.mask(logits).argmax(-1)
+                grammar.advance(token)
             out[rows, t] = token
             if all_logits is not None:
                 all_logits[rows, t] = logits
@@ -243,14 +262,17 @@ class Transcriber(nn.Module):
             if bool(done.any()):  # finished sequences leave the batch
                 keep = (~done).nonzero().squeeze(1)
                 step.select(keep)
+                if grammar is not None:
+                    grammar.select(keep)
                 rows, token = rows[keep], token[keep]
         out = out[:, :length]
         return (out, all_logits[:, :length]) if return_logits else out
 
-    def _beam(self, memory, hint, max_len, use_cache, K, length_penalty):
+    def _beam(self, memory, hint, max_len, use_cache, K, length_penalty, grammar=None):
         """Beam search with K beams per segment, scores normalized by length ** length_penalty. A segment is done
         when its best ended beam (EOS emitted) scores at least as well as its best open beam (the usual heuristic:
-        an open beam's raw log-probability can only fall); its beams then extend with PAD at no cost."""
+        an open beam's raw log-probability can only fall); its beams then extend with PAD at no cost. A grammar
+        (B*K rows) masks each beam's log-probabilities before the top-K and follows the beams as they reorder."""
         B, V, device = memory.shape[0], self.cfg.vocab_size, memory.device
         memory = memory.repeat_interleave(K, 0)  # (B*K, S, d_model): beams of a segment are adjacent rows
         hint = hint.repeat_interleave(K, 0) if hint is not None else None
@@ -265,6 +287,8 @@ class Transcriber(nn.Module):
         base = torch.arange(B, device=device)[:, None] * K
         for t in range(max_len):
             logp = F.log_softmax(_never_pad(step(token)), dim=-1)  # (B*K, V)
+            if grammar is not None:
+                logp = grammar.mask(logp)
             frozen = ended | done.repeat_interleave(K)
             logp[frozen] = float("-inf")  # a finished beam only continues with PAD, at no cost
             logp[frozen, vocab.PAD] = 0.0
@@ -277,6 +301,9 @@ class Transcriber(nn.Module):
             ended = ended | (~frozen & (token == vocab.EOS))
             scores = top
             step.select(src, cross=False)
+            if grammar is not None:
+                grammar.select(src)
+                grammar.advance(token)
             norm = (scores / lengths.view(B, K).clamp(min=1) ** length_penalty)
             best_ended = norm.masked_fill(~ended.view(B, K), float("-inf")).amax(1)
             best_open = norm.masked_fill(ended.view(B, K), float("-inf")).amax(1)

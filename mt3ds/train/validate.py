@@ -3,9 +3,10 @@ numbers do not depend on the training precision).
 
 Teacher-forced: token loss (unsmoothed cross-entropy) and token accuracy over the first `items` validation chunks,
 split across ranks by the validation loader. Decoded for real: the first `decode_items` of those are generated
-(greedy or beam, KV cache), turned into notes with decode_tokens exactly as transcription does, and scored against
-the chunk's reference tokens with mir_eval (mt3ds.evaluate.score_notes): onset F1, onset+offset F1 and
-multi-instrument F1, pooled over the decoded chunks. Each chunk is read on its own, so notes tied in from the
+(greedy or beam, KV cache, grammar-constrained, to the batch's instruments too when the model is conditioned on
+them), turned into notes with decode_tokens exactly as transcription does, and scored against the chunk's reference
+tokens with mir_eval (mt3ds.evaluate.score_notes): onset F1, onset+offset F1 and multi-instrument F1, pooled over
+the decoded chunks. Each chunk is read on its own, so notes tied in from the
 previous chunk are left out of both sides (their onsets belong to that chunk). The first `dump_midi` chunks'
 predictions and references are written as MIDI under RUN_DIR/samples/step_NNNNNNNN/ (rank 0).
 """
@@ -70,7 +71,8 @@ def validate(model, logmel, loader, cfg: ValidationConfig, *, device, rank: int,
             continue
         decode_left -= k
         instruments = batch["instruments"][:k] if model.cfg.conditioning != "none" else None
-        generated = model.generate(features[:k], instruments, max_len=max_len, beam_size=cfg.beam_size)
+        generated = model.generate(features[:k], instruments, max_len=max_len, beam_size=cfg.beam_size,
+                                   constrain=True, allowed=instruments)
         generated = generated.cpu().numpy()
         reference = batch["tokens"][:k].cpu().numpy()
         for i in range(k):
