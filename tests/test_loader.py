@@ -207,6 +207,24 @@ def test_collate_rewrites_shifts_to_absolute_time(big):
     assert any(not torch.equal(absolute["tokens"][i], delta["tokens"][i]) for i in range(len(raw)))
 
 
+def test_collate_quantizes_target_velocities_when_asked():
+    on = [vocab.encode_event("program", 0), vocab.encode_event("velocity", 93), vocab.encode_event("pitch", 60)]
+    off = [vocab.encode_event("shift", 20), vocab.encode_event("program", 0), vocab.encode_event("velocity", 0),
+           vocab.encode_event("pitch", 60), vocab.EOS]
+    drum = [vocab.encode_event("velocity", 20), vocab.encode_event("drum", 36)]
+    ids = on + drum + off
+    exact = collate([_sample(ids, [0, 128])], time_encoding="delta")
+    one = collate([_sample(ids, [0, 128])], time_encoding="delta", velocity_bins=1)
+    four = collate([_sample(ids, [0, 128])], time_encoding="delta", velocity_bins=4)
+    velocity = vocab.encode_event("velocity", 0)
+    assert exact["tokens"][0].tolist() == ids
+    assert [t - velocity for t in one["tokens"][0].tolist() if velocity <= t <= velocity + 127] == [64, 64, 0]
+    assert [t - velocity for t in four["tokens"][0].tolist() if velocity <= t <= velocity + 127] == [80, 16, 0]
+    assert one["labels"][0].tolist() == one["tokens"][0].tolist()
+    with pytest.raises(ValueError, match="velocity_bins"):
+        LoaderConfig(velocity_bins=0)
+
+
 def test_train_batches_have_the_documented_shapes(big, small):
     batch = take(TrainStream([big, small], cfg(aux_frame_loss=True)), 1)[0]
     b, t = batch["tokens"].shape

@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from ..config import AudioConfig, FeatureConfig
 from ..errors import UserError
 from ..tokens import vocab
-from ..tokens.codec import decode_tokens, to_absolute
+from ..tokens.codec import decode_tokens, quantize_velocities, to_absolute
 from .augment import AugmentConfig, Augmenter
 
 MANIFEST_FORMAT = "mt3ds-shards-v1"
@@ -81,6 +81,9 @@ class LoaderConfig:
     """Shift tokens the model reads: absolute (rewritten from the shards' delta) or delta (decisions §3)."""
     aux_frame_loss: bool = False
     """Also build per-frame onset and active 88-key rolls from each chunk's tokens (decisions §5)."""
+    velocity_bins: int | None = None
+    """Quantize target note-on velocities to this many bins (1: one velocity, MT3's multi-instrument choice);
+    None keeps the shards' exact velocities."""
     max_bad_in_a_row: int = 1000
     """Unreadable samples or shards in a row after which a dataset is declared unreadable (UserError)."""
 
@@ -95,6 +98,8 @@ class LoaderConfig:
             raise ValueError(f"time_encoding must be absolute or delta, not {self.time_encoding!r}")
         if self.max_bad_in_a_row < 1:
             raise ValueError("max_bad_in_a_row must be >= 1")
+        if self.velocity_bins is not None and not 1 <= self.velocity_bins <= 127:
+            raise ValueError("velocity_bins must be in 1..127 (or null)")
 
     @classmethod
     def tiny(cls) -> "LoaderConfig":
@@ -306,7 +311,8 @@ def frame_targets(ids: np.ndarray, features: FeatureConfig = FeatureConfig(),
     return onsets, active
 
 
-def collate(samples: list[dict], time_encoding: str = "absolute", aux_frame_loss: bool = False) -> dict:
+def collate(samples: list[dict], time_encoding: str = "absolute", aux_frame_loss: bool = False,
+            velocity_bins: int | None = None) -> dict:
     """Decoded samples -> one batch of tensors, tokens padded to the longest sequence in the batch.
 
     decoder_input is the tokens shifted right behind PAD (PAD is the decoder's start token, T5/MT3); labels are the
@@ -314,6 +320,8 @@ def collate(samples: list[dict], time_encoding: str = "absolute", aux_frame_loss
     """
     b = len(samples)
     ids = [to_absolute(s["tokens"]) if time_encoding == "absolute" else s["tokens"] for s in samples]
+    if velocity_bins is not None:
+        ids = [quantize_velocities(x, velocity_bins) for x in ids]
     lengths = np.array([len(x) for x in ids])
     tokens = np.full((b, int(lengths.max())), vocab.PAD, dtype=np.int64)
     for i, x in enumerate(ids):
@@ -353,7 +361,7 @@ def _batches(samples: Iterator[dict], cfg: LoaderConfig, skips: _Skips, partial:
 
 
 def _collated(batch, cfg, skips):
-    out = collate(batch, cfg.time_encoding, cfg.aux_frame_loss)
+    out = collate(batch, cfg.time_encoding, cfg.aux_frame_loss, cfg.velocity_bins)
     out["skipped"] = skips.take()
     return out
 
