@@ -234,6 +234,20 @@ def test_tiny_model_overfits_eight_chunks(tmp_path):
     assert np.mean(losses[-5:]) < 0.5 * losses[0], losses[::5]
 
 
+def test_time_budget_stops_early_with_a_validation_and_a_checkpoint(tmp_path, shard_dirs):
+    """max_train_minutes ends the run at the first metric line past the budget: validated, checkpointed, and the
+    training time (validation left out) is in the records and the state."""
+    from mt3ds.train.engine import train
+
+    cfg = train_config_from_dict(train_yaml(tmp_path / "run", *shard_dirs, steps=1000, max_train_minutes=1e-4,
+                                            validation={"every": 500}, checkpoint={"every": 500}))
+    state = train(cfg, CPU_DS_CONFIG)
+    assert state["step"] == 1 and 0 < state["train_seconds"] <= state["wall_seconds"]
+    assert [r["step"] for r in metrics(tmp_path / "run", "validation")] == [1]
+    assert metrics(tmp_path / "run")[0]["train_min"] > 0
+    assert (tmp_path / "run" / "checkpoints" / "latest").read_text() == "step00000001"
+
+
 def test_killed_run_resumes_at_the_same_step_and_learning_rate(tmp_path, shard_dirs):
     """SIGKILL a plain `python bin/train.py` mid-run; the same config resumes from the latest checkpoint: the next
     step and its learning rate are what the killed run had, and a half-written checkpoint is ignored and removed."""

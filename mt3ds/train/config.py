@@ -128,6 +128,9 @@ class TrainConfig:
     """Learning rate, Adam settings, warmup and cosine floor."""
     steps: int = 200_000
     """Optimizer steps in the whole run (the cosine schedule ends here)."""
+    max_train_minutes: float | None = None
+    """Stop early (validate and checkpoint first) once the run's training time reaches this many minutes, summed over
+    resumes, validation and checkpoints left out: equal-budget comparisons. Checked at each metric line."""
     batch_size: int | None = None
     """Chunks per micro-batch per rank; None: the ds_config's train_micro_batch_size_per_gpu."""
     grad_accum: int | None = None
@@ -158,6 +161,7 @@ class TrainConfig:
     def __post_init__(self):
         checks = [
             (self.steps >= 1, "steps must be >= 1"),
+            (self.max_train_minutes is None or self.max_train_minutes > 0, "max_train_minutes must be > 0 (or null)"),
             (self.batch_size is None or self.batch_size >= 1, "batch_size must be >= 1"),
             (self.grad_accum is None or self.grad_accum >= 1, "grad_accum must be >= 1"),
             (0.0 <= self.label_smoothing < 1.0, "label_smoothing must be in [0, 1)"),

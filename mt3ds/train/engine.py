@@ -268,16 +268,22 @@ def train(cfg: TrainConfig, ds_config: dict, ds_path: str = "ds_config") -> dict
     chunk_s = AudioConfig().chunk_seconds
     session_t0 = time.perf_counter()
     wall_at_start = state["wall_seconds"]
+    train_at_start = state.get("train_seconds", 0.0)  # checkpoints from before train_seconds existed: 0
+    paused_total = 0.0  # validation and checkpoint time of this session, left out of train_seconds
+
+    def train_seconds() -> float:
+        return train_at_start + time.perf_counter() - session_t0 - paused_total
 
     def run_validation(step: int) -> dict:
         eval_model.load_state_dict(ema.state_dict(module))
         dump = run_dir / "samples" / f"step_{step:08d}"
         out = validate(eval_model, eval_logmel, val_loader, cfg.validation, device=device, rank=rank,
                        world_size=world, chunk_seconds=chunk_s, dump_dir=dump, all_reduce=reduce)
-        return {"step": step, **out}
+        return {"step": step, "train_min": train_seconds() / 60, **out}
 
     def save(step: int, val: dict | None) -> None:
-        state.update(step=step, wall_seconds=wall_at_start + time.perf_counter() - session_t0)
+        state.update(step=step, wall_seconds=wall_at_start + time.perf_counter() - session_t0,
+                     train_seconds=train_seconds())
         full = {**state, "ema_updates": ema.updates, "val_loss": val["token_loss"] if val else None,
                 "validation": val, "model_config": cfg.model.to_dict(), "model_preset": cfg.model_preset,
                 "train_config": cfg.to_dict(), "ds_config": ds, "code_version": __version__,
@@ -297,7 +303,8 @@ def train(cfg: TrainConfig, ds_config: dict, ds_path: str = "ds_config") -> dict
     logmel.train()
     step = start_step
     lr = float(engine.get_lr()[0])
-    while step < cfg.steps:
+    out_of_time = False  # max_train_minutes reached (decided at a metric line, where the ranks already sync)
+    while step < cfg.steps and not out_of_time:
         batch = next(batches)
         b = _batch_to(batch, device)
         features = logmel(b["audio"]).to(dtype)  # float32 log-mel -> the dtype of the engine's weights
@@ -317,8 +324,11 @@ def train(cfg: TrainConfig, ds_config: dict, ds_path: str = "ds_config") -> dict
         state["samples"] += ds["train_batch_size"]  # every rank reads full micro-batches
         ema.update(module)
         if step % cfg.log_every == 0 or step == cfg.steps:
-            totals = torch.cat([sums.cpu(), torch.tensor([micro, samples, skipped, flops], dtype=torch.float64)])
+            over = cfg.max_train_minutes is not None and train_seconds() >= cfg.max_train_minutes * 60
+            totals = torch.cat([sums.cpu(), torch.tensor([micro, samples, skipped, flops, over], dtype=torch.float64)])
             reduce(totals)
+            out_of_time = bool(totals[-1] > 0)
+            totals = totals[:-1]
             dt = time.perf_counter() - interval_t0
             loss_sum, tl, ta, tok, onset, active, n_micro, n_samples, n_skipped, n_flops = totals.tolist()
             grad_norm = engine.get_global_grad_norm()
@@ -328,7 +338,8 @@ def train(cfg: TrainConfig, ds_config: dict, ds_path: str = "ds_config") -> dict
                       "samples_per_s": n_samples / dt, "tokens_per_s": tok / dt,
                       "step_s": dt / max(n_micro / ds["gradient_accumulation_steps"] / world, 1),
                       "samples": state["samples"], "hours_of_data": state["samples"] * chunk_s / 3600,
-                      "wall_min": (wall_at_start + time.perf_counter() - session_t0) / 60, "skipped": int(n_skipped)}
+                      "wall_min": (wall_at_start + time.perf_counter() - session_t0) / 60,
+                      "train_min": train_seconds() / 60, "skipped": int(n_skipped)}
             if cfg.model.aux_frame_loss:
                 record["frame_onset_loss"] = onset / n_micro
                 record["frame_active_loss"] = active / n_micro
@@ -343,7 +354,8 @@ def train(cfg: TrainConfig, ds_config: dict, ds_path: str = "ds_config") -> dict
             interval_t0 = time.perf_counter()
         paused = time.perf_counter()  # validation and checkpoints are left out of the throughput figures
         val, is_best = None, False
-        if val_loader is not None and (step == cfg.steps or (cfg.validation.every and step % cfg.validation.every == 0)):
+        last = step == cfg.steps or out_of_time
+        if val_loader is not None and (last or (cfg.validation.every and step % cfg.validation.every == 0)):
             val = run_validation(step)
             log.write(val)
             engine.train()
@@ -353,10 +365,12 @@ def train(cfg: TrainConfig, ds_config: dict, ds_path: str = "ds_config") -> dict
                 state["best"] = {"step": step, "val_loss": val["token_loss"],
                                  "metrics": {k: v for k, v in val.items() if k != "kind"}}
                 is_best = True
-        if step % cfg.checkpoint.every == 0 or step == cfg.steps or (is_best and cfg.checkpoint.keep_best > 0):
+        if step % cfg.checkpoint.every == 0 or last or (is_best and cfg.checkpoint.keep_best > 0):
             save(step, val)
         interval_t0 += time.perf_counter() - paused
-    state.update(step=step, wall_seconds=wall_at_start + time.perf_counter() - session_t0)
+        paused_total += time.perf_counter() - paused
+    state.update(step=step, wall_seconds=wall_at_start + time.perf_counter() - session_t0,
+                 train_seconds=train_seconds())
     log.close()
     if rank == 0:
         best = state["best"]
