@@ -71,6 +71,9 @@ def test_exported_metadata(finished_run, exported):
     assert t["best_validation"]["step"] == state["best"]["step"]
     assert t["best_validation"]["token_loss"] == pytest.approx(state["best"]["val_loss"])
     assert {"onset_f1", "onset_offset_f1", "token_acc"} <= set(t["best_validation"])
+    curve = t["learning_curve"]  # validation every 3 steps, up to the exported checkpoint
+    assert [r["step"] for r in curve] == [s for s in (3, 6) if s <= t["runs"][-1]["steps"]]
+    assert 0 < curve[-1]["train_min"] <= t["train_minutes"] + 1e-9 and "onset_f1" in curve[-1]
 
 
 @pytest.mark.parametrize("key, value, expected", [

@@ -246,6 +246,9 @@ def test_time_budget_stops_early_with_a_validation_and_a_checkpoint(tmp_path, sh
     assert [r["step"] for r in metrics(tmp_path / "run", "validation")] == [1]
     assert metrics(tmp_path / "run")[0]["train_min"] > 0
     assert (tmp_path / "run" / "checkpoints" / "latest").read_text() == "step00000001"
+    more = train_config_from_dict(train_yaml(tmp_path / "run", *shard_dirs, steps=2))  # resumed: the time adds up
+    resumed = train(more, CPU_DS_CONFIG)
+    assert resumed["step"] == 2 and resumed["train_seconds"] > state["train_seconds"]
 
 
 def test_killed_run_resumes_at_the_same_step_and_learning_rate(tmp_path, shard_dirs):

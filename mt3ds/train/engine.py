@@ -232,8 +232,8 @@ def train(cfg: TrainConfig, ds_config: dict, ds_path: str = "ds_config") -> dict
     if resume_dir is not None:
         saved = ckpt.load_checkpoint(engine, resume_dir, rank)
         ema.load(ckpt.load_ema_tensors(resume_dir), saved.get("ema_updates", 0))
-        state.update({k: saved[k] for k in ("step", "samples", "wall_seconds", "best", "history", "init_from")
-                      if k in saved})
+        state.update({k: saved[k] for k in ("step", "samples", "wall_seconds", "train_seconds", "best", "history",
+                                            "init_from") if k in saved})
         # the schedule's position is restored; its shape comes from this config (steps may have been raised)
         engine.lr_scheduler.step(engine.lr_scheduler.last_batch_iteration)
         if engine.global_steps != state["step"]:

@@ -4,10 +4,12 @@ Reads only the checkpoint's ema.safetensors and state.json (no DeepSpeed, no pic
 the best validation token loss is exported, or the latest when none was validated. The weights are loaded into a
 Transcriber of the recorded config before anything is written, so a file that exists is a model that loads.
 The "training" record adds up over runs chained by init_from: total steps, samples, hours of audio seen and wall
-minutes, with one entry per run.
+minutes, with one entry per run; "train_minutes" (validation left out) and "learning_curve" (this run's validation
+records up to the exported step) are this run's.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ..config import AudioConfig
@@ -59,6 +61,25 @@ def training_record(state: dict, tag_dir: Path) -> dict:
             "exported_validation": state.get("validation"), "runs": runs}
 
 
+CURVE_KEYS = ("step", "train_min", "token_loss", "token_acc", "onset_f1", "onset_offset_f1", "multi_full_f1")
+
+
+def learning_curve(run_dir, up_to_step: int) -> list[dict]:
+    """The run's validation records up to a step (metrics.jsonl; a step redone after a resume counts once, its last
+    record): training minutes (validation left out) against validation token loss, accuracy and note F1s."""
+    path = Path(run_dir) / "metrics.jsonl"
+    by_step: dict[int, dict] = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a line cut by a kill
+            if record.get("kind") == "validation" and record.get("step", up_to_step + 1) <= up_to_step:
+                by_step[record["step"]] = {k: record.get(k) for k in CURVE_KEYS}
+    return [by_step[k] for k in sorted(by_step)]
+
+
 def export_run(run_dir, out, which: str = "best", step: int | None = None) -> dict:
     """Export a run's checkpoint (EMA weights) to `out`; return the metadata written."""
     from ..model.transcriber import Transcriber
@@ -79,7 +100,8 @@ def export_run(run_dir, out, which: str = "best", step: int | None = None) -> di
     except RuntimeError as e:
         raise UserError(f"{tag_dir}: EMA weights do not fit the recorded model_config ({str(e).splitlines()[0]})") \
             from None
-    meta = model_meta(cfg, training_record(state, tag_dir))
+    meta = model_meta(cfg, {**training_record(state, tag_dir), "train_minutes": state.get("train_seconds", 0) / 60,
+                            "learning_curve": learning_curve(run_dir, state["step"])})
     meta["model_preset"] = state.get("model_preset")
     out = Path(out)
     if out.suffix != ".safetensors":
