@@ -207,6 +207,34 @@ def test_loss_matches_cross_entropy_with_smoothing_and_padding():
     torch.testing.assert_close(model(features(3), batch=batch, label_smoothing=0.1)[0], loss)
 
 
+def test_time_smoothing_credits_near_shifts_and_leaves_other_tokens_alone():
+    from mt3ds.model.transcriber import _soft_shift_nll
+
+    shift = vocab.SHIFT.first_id
+    labels = torch.tensor([[shift + 50, shift + 1, vocab.PITCH.first_id + 10, IGNORE]])
+
+    def peaked(late: int) -> torch.Tensor:  # log-probs sure of the label's shift, `late` steps after it
+        x = torch.full((1, 4, vocab.VOCAB_SIZE), -20.0)
+        x[0, 0, shift + 50 + late] = x[0, 1, shift + 1 + late] = 0.0
+        return F.log_softmax(x, -1)
+
+    def exact(logp):
+        return -logp.gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1)[0, :2]
+
+    on_time, late = peaked(0), peaked(1)
+    soft_gap = _soft_shift_nll(late, labels, 2.0)[0, :2] - _soft_shift_nll(on_time, labels, 2.0)[0, :2]
+    exact_gap = exact(late) - exact(on_time)  # ~20 nats for one step (10 ms)
+    assert (soft_gap < 0.2 * exact_gap).all() and (soft_gap > 0).all()  # one step off: a small cost, not all
+    torch.testing.assert_close(_soft_shift_nll(late, labels, 0.05)[0, :2], exact(late))  # tiny sigma: exact
+    # shift 0 does not exist: at shift 1 the window is renormalized over 1, 2, ...
+    model = build()
+    batch = token_batch([6, 9])
+    batch["labels"][0, :3] = torch.tensor([shift + 5, vocab.PITCH.first_id, shift + 9])
+    plain, m = model.loss(features(2), batch)
+    smooth, m2 = model.loss(features(2), batch, time_smoothing=2.0)
+    assert not torch.isclose(plain, smooth) and torch.equal(m["token_loss"], m2["token_loss"])  # metric: exact NLL
+
+
 def test_aux_frame_loss_adds_weighted_bce():
     model = build(aux_frame_loss=True, aux_frame_weight=0.5)
     batch = token_batch([4, 6])

@@ -137,6 +137,8 @@ class TrainConfig:
     """Micro-batches per optimizer step; None: the ds_config's gradient_accumulation_steps (default 1)."""
     label_smoothing: float = 0.0
     """Token cross-entropy label smoothing (0 in Step 1, 0.1 in Step 2)."""
+    time_smoothing: float = 0.0
+    """Sigma, in 10 ms steps, of a Gaussian soft target over neighbouring shift values (0: exact targets)."""
     ema: EmaConfig = field(default_factory=EmaConfig)
     """Weight averaging for validation and export."""
     validation: ValidationConfig = field(default_factory=ValidationConfig)
@@ -165,6 +167,7 @@ class TrainConfig:
             (self.batch_size is None or self.batch_size >= 1, "batch_size must be >= 1"),
             (self.grad_accum is None or self.grad_accum >= 1, "grad_accum must be >= 1"),
             (0.0 <= self.label_smoothing < 1.0, "label_smoothing must be in [0, 1)"),
+            (0.0 <= self.time_smoothing <= 50.0, "time_smoothing must be in [0, 50] steps"),
             (self.log_every >= 1, "log_every must be >= 1"),
             (self.optim.lr > 0, "optim.lr must be > 0"),
             (len(self.optim.betas) == 2 and all(0 <= b < 1 for b in self.optim.betas),

@@ -309,7 +309,7 @@ def train(cfg: TrainConfig, ds_config: dict, ds_path: str = "ds_config") -> dict
         b = _batch_to(batch, device)
         features = logmel(b["audio"]).to(dtype)  # float32 log-mel -> the dtype of the engine's weights
         lr = float(engine.get_lr()[0])  # the rate this step's update uses
-        loss, m = engine(features, batch=b, label_smoothing=cfg.label_smoothing)
+        loss, m = engine(features, batch=b, label_smoothing=cfg.label_smoothing, time_smoothing=cfg.time_smoothing)
         engine.backward(loss)
         engine.step()
         tok = m["tokens"].double()
