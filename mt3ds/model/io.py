@@ -49,6 +49,7 @@ def save_model(state_dict: dict[str, torch.Tensor], path, meta: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         save_file(tensors, str(tmp), metadata={META_KEY: text})
+        os.chmod(tmp, 0o644)  # safetensors creates files 0600: a model is meant to be shared and packaged
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
