@@ -149,6 +149,9 @@ class Transcriber:
         tokens = self.decode_chunks(chunks, programs, batch_size, beam, use_cache, progress)
         notes, _ = decode_tokens(tokens, chunk_seconds=self.audio_cfg.chunk_seconds,
                                  time_encoding=self.time_encoding, end_s=duration)
+        # the last chunk is zero-padded past the file's end: nothing can start there
+        notes = notes.select(notes.onset < duration)
+        notes.offset[:] = np.minimum(notes.offset, duration)
         return notes, len(chunks)
 
 
