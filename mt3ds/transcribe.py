@@ -3,9 +3,14 @@
 Per file: decode and resample, the offline chain of training (high-pass, loudness, pre-emphasis, dither), 2.048 s
 chunks; chunks go through log-mel features and the model in batches (KV-cache greedy or beam decoding, kept to
 well-formed chunks and to the --instruments list), and the chunks' tokens are stitched into notes (a note sounding
-at a chunk's end and absent from the next chunk's tie section ends at the boundary). Memory stays bounded on long
-inputs: features and decoder state exist for one batch of chunks at a time, and only the 16 kHz waveform of the
-file is held whole (230 MB per hour).
+at a chunk's end and absent from the next chunk's tie section ends at the boundary).
+
+Where the notes come from (--notes): "tokens" takes them from the decoded tokens, as MT3 does; "frames" (hybrid,
+the default for a model with the aux frame head) takes the pitched notes from the head's onset and active rolls and
+gives each one the instrument of the decoded note that matches it best, keeping the decoded drums (mt3ds/frames.py).
+
+Memory stays bounded on long inputs: features and decoder state exist for one batch of chunks at a time; the 16 kHz
+waveform (230 MB per hour) and, for "frames", the head's float16 probabilities (160 MB per hour) are held whole.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from .tokens import gm
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".opus")
 DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "default_model.safetensors"
 CPU_BATCH = 32  # chunks per batch on the CPU: ~65 s of audio, ~16 MB of features
+NOTE_SOURCES = ("frames", "tokens")
 
 
 @dataclass
@@ -103,6 +109,8 @@ class Transcriber:
         self.feature_cfg = FeatureConfig(**self.meta.get("feature_config", {}))
         self.features = LogMel(self.feature_cfg, self.audio_cfg).to(self.device)
         self.time_encoding = self.model.cfg.time_encoding
+        self.has_frame_head = self.model.frame_head is not None
+        self.frame_seconds = self.feature_cfg.hop_length / self.audio_cfg.sample_rate
         # bf16 inference where the GPU supports it (design Step 2 §8); the CPU keeps fp32 for exactness.
         self.dtype = torch.bfloat16 if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
         if self.dtype != torch.float32:
@@ -118,13 +126,25 @@ class Transcriber:
         multi_hot[:, programs] = True
         return multi_hot
 
+    def notes_source(self, notes_from: str | None) -> str:
+        """The --notes choice, checked against the model: None -> "frames" when the model has the head."""
+        if notes_from is None:
+            return "frames" if self.has_frame_head else "tokens"
+        if notes_from not in NOTE_SOURCES:
+            raise UserError(f"--notes must be one of {', '.join(NOTE_SOURCES)}, not {notes_from!r}", exit_code=2)
+        if notes_from == "frames" and not self.has_frame_head:
+            raise UserError("--notes frames: this model has no aux frame head (trained without aux_frame_loss); "
+                            "use --notes tokens", exit_code=2)
+        return notes_from
+
     def decode_chunks(self, chunks: np.ndarray, programs=None, batch_size: int | None = None, beam: int = 1,
-                      use_cache: bool = True, progress=None) -> list[np.ndarray]:
-        """[n, chunk_samples] prepared audio -> each chunk's token ids (ending with EOS)."""
+                      use_cache: bool = True, progress=None, frames: bool = False):
+        """[n, chunk_samples] prepared audio -> each chunk's token ids (ending with EOS); with frames=True also the
+        frame head's probabilities, float16 [n, frames, 2, 88] (onset, active), from the same encoder pass."""
         import torch
 
         batch_size = batch_size or (len(chunks) if self.device.type == "cuda" else CPU_BATCH)
-        out = []
+        out, probs = [], []
         for start in range(0, len(chunks), batch_size):
             audio = torch.from_numpy(np.ascontiguousarray(chunks[start:start + batch_size])).to(self.device)
             with torch.no_grad():
@@ -132,23 +152,36 @@ class Transcriber:
                 instruments = self.instrument_tensor(programs, len(audio))
                 # the grammar keeps every chunk well formed; --instruments also limits what it may write
                 tokens = self.model.generate(feats, instruments, beam_size=beam, use_cache=use_cache,
-                                             constrain=True, allowed=instruments)
+                                             constrain=True, allowed=instruments, return_frames=frames)
+            if frames:
+                tokens, frame_probs = tokens
+                probs.append(frame_probs.to(torch.float16).cpu().numpy())
             out += [_trim(row) for row in tokens.cpu().numpy()]
             if progress is not None:
                 progress.update(len(audio))
+        if frames:
+            return out, np.concatenate(probs) if probs else np.zeros((0, self.feature_cfg.frames, 2, 88), np.float16)
         return out
 
     def transcribe_audio(self, audio: np.ndarray, seed_key: str, programs=None, batch_size=None, beam: int = 1,
-                         use_cache: bool = True, progress=None):
-        """16 kHz mono waveform -> (Notes, number of chunks)."""
+                         use_cache: bool = True, progress=None, notes_from: str | None = None):
+        """16 kHz mono waveform -> (Notes, number of chunks). notes_from: "frames", "tokens" or None (the model's
+        default, see notes_source)."""
         from .data.audio import chunk, prepare
+        from .frames import hybrid_notes
         from .tokens.codec import decode_tokens
 
+        source = self.notes_source(notes_from)
         duration = len(audio) / self.audio_cfg.sample_rate
         chunks = chunk(prepare(audio, self.audio_cfg, seed_key), self.audio_cfg)
-        tokens = self.decode_chunks(chunks, programs, batch_size, beam, use_cache, progress)
+        decoded = self.decode_chunks(chunks, programs, batch_size, beam, use_cache, progress,
+                                     frames=source == "frames")
+        tokens = decoded[0] if source == "frames" else decoded
         notes, _ = decode_tokens(tokens, chunk_seconds=self.audio_cfg.chunk_seconds,
                                  time_encoding=self.time_encoding, end_s=duration)
+        if source == "frames":
+            probs = decoded[1].reshape(-1, 2, decoded[1].shape[-1])  # chunks are back to back: one timeline
+            notes = hybrid_notes(probs[:, 0], probs[:, 1], self.frame_seconds, notes, programs)
         # the last chunk is zero-padded past the file's end: nothing can start there
         notes = notes.select(notes.onset < duration)
         notes.offset[:] = np.minimum(notes.offset, duration)
@@ -200,7 +233,7 @@ def write_plot(notes, path: Path, title: str) -> None:
 
 def transcribe(inputs, out, model=None, instruments: str | None = None, device: str = "auto",
                batch_size: int | None = None, beam: int = 1, as_csv: bool = False, plot: bool = False,
-               progress: bool = True) -> TranscribeResult:
+               progress: bool = True, notes_from: str | None = None) -> TranscribeResult:
     """Transcribe audio files or folders into General MIDI files; a bad file is reported and the rest go on."""
     from tqdm import tqdm
 
@@ -215,6 +248,7 @@ def transcribe(inputs, out, model=None, instruments: str | None = None, device: 
     files = collect_inputs(inputs)
     outputs = output_paths(files, Path(out))
     engine = Transcriber(model, device)
+    engine.notes_source(notes_from)  # a bad --notes fails before any file is read
     result = TranscribeResult()
     bar = tqdm(total=0, unit="chunk", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     for src, dst in zip(files, outputs):
@@ -224,7 +258,8 @@ def transcribe(inputs, out, model=None, instruments: str | None = None, device: 
             n_chunks = -(-len(audio) // engine.audio_cfg.chunk_samples)
             bar.total += n_chunks
             bar.refresh()
-            notes, _ = engine.transcribe_audio(audio, src.stem, programs, batch_size, beam, progress=bar)
+            notes, _ = engine.transcribe_audio(audio, src.stem, programs, batch_size, beam, progress=bar,
+                                               notes_from=notes_from)
         except UserError as e:
             reason = str(e) if str(src) in str(e) else f"{src}: {e}"
             result.failed.append((str(src), reason))

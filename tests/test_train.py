@@ -416,3 +416,18 @@ def test_trains_from_pipe_shard_folders(tmp_path, shard_dirs):
     bad = train_config_from_dict(train_yaml(tmp_path / "bad", "x", data={"train": [f"pipe:cat {tmp_path}/none/{{}}"]}))
     with pytest.raises(UserError, match="fetching manifest.json failed"):
         train(bad, CPU_DS_CONFIG)
+
+
+def test_validation_of_a_model_with_the_frame_head_scores_the_hybrid_notes(tmp_path, shard_dirs):
+    """With aux_frame_loss, validation also scores the notes `transcribe --notes frames` would write."""
+    from mt3ds.train.engine import train
+
+    cfg = train_config_from_dict(train_yaml(tmp_path / "run", *shard_dirs, steps=2,
+                                            model={"aux_frame_loss": True},
+                                            validation={"every": 2, "items": 2, "decode_items": 2, "dump_midi": 0,
+                                                        "decode_max_len": 8}))
+    assert train(cfg, CPU_DS_CONFIG)["step"] == 2
+    (val,) = metrics(tmp_path / "run", "validation")
+    assert val["decoded"] == 2
+    for name in ("onset", "onset_offset", "multi_full"):
+        assert 0.0 <= val[f"frames_{name}_f1"] <= 1.0 and 0.0 <= val[f"{name}_f1"] <= 1.0

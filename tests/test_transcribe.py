@@ -24,9 +24,10 @@ SR = 16000
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
-    """A tiny random model with short decodes (max_tokens 48) so the whole command runs in a second or two."""
+    """A tiny random model with short decodes (max_tokens 48) so the whole command runs in a second or two; with
+    the aux frame head, so the command takes its default, hybrid path (--notes frames)."""
     torch.manual_seed(0)
-    cfg = ModelConfig.preset("tiny", max_tokens=48, conditioning="decoder_pool")
+    cfg = ModelConfig.preset("tiny", max_tokens=48, conditioning="decoder_pool", aux_frame_loss=True)
     path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
     save_model(Model(cfg).state_dict(), path, model_meta(cfg))
     return path
@@ -143,16 +144,67 @@ def test_chunks_are_stitched_in_time_with_an_oracle_decoder(model_path, monkeypa
     expected = encode_notes(truth, n_chunks=n_chunks, time_encoding=engine.time_encoding)
     calls = []
 
-    def oracle(chunks, programs=None, batch_size=None, beam=1, use_cache=True, progress=None):
+    def oracle(chunks, programs=None, batch_size=None, beam=1, use_cache=True, progress=None, frames=False):
         calls.append(len(chunks))
+        assert not frames
         return expected.chunks()
 
     monkeypatch.setattr(engine, "decode_chunks", oracle)
-    notes, chunks = engine.transcribe_audio(audio, "oracle")
+    notes, chunks = engine.transcribe_audio(audio, "oracle", notes_from="tokens")
     assert calls == [chunks] == [n_chunks]
     np.testing.assert_allclose(notes.onset, truth.onset, atol=0.005)
     np.testing.assert_allclose(notes.offset[~notes.is_drum], truth.offset[~truth.is_drum], atol=0.005)
     assert notes.program.tolist() == truth.program.tolist()
+
+
+def test_frames_path_with_an_oracle_head_and_decoder(model_path, monkeypatch):
+    """--notes frames: give the head's output the true rolls of each chunk and the decoder the true tokens: the
+    pitched notes come back from the rolls to within a frame, across chunk boundaries, with the decoded programs,
+    and the decoded drums are kept."""
+    from mt3ds.data.loader import frame_targets
+
+    engine = Transcriber(model_path)
+    assert engine.has_frame_head and engine.notes_source(None) == "frames"
+    cfg = AudioConfig()
+    truth = Notes([0.1, 1.0, 2.5, 4.3, 1.5], [0.6, 5.0, 3.0, 4.4, 1.6], [60, 64, 67, 38, 72], [80, 90, 70, 100, 64],
+                  [0, 33, 0, 128, 73])
+    audio = np.zeros(int(5.5 * SR), dtype=np.float32)
+    n_chunks = -(-len(audio) // cfg.chunk_samples)
+    canonical = encode_notes(truth, n_chunks=n_chunks, time_encoding="delta").chunks()
+    tokens = encode_notes(truth, n_chunks=n_chunks, time_encoding=engine.time_encoding).chunks()
+    rolls = [frame_targets(ids) for ids in canonical]
+    probs = np.stack([np.stack(r, axis=1) for r in rolls]).astype(np.float16)  # [chunks, frames, 2, 88]
+
+    def oracle(chunks, programs=None, batch_size=None, beam=1, use_cache=True, progress=None, frames=False):
+        assert frames
+        return tokens, probs
+
+    monkeypatch.setattr(engine, "decode_chunks", oracle)
+    notes, _ = engine.transcribe_audio(audio, "oracle")
+    order = np.argsort(truth.onset)
+    frame = engine.frame_seconds
+    np.testing.assert_allclose(notes.onset, truth.onset[order], atol=frame)
+    pitched = ~truth.is_drum[order]
+    np.testing.assert_allclose(notes.offset[pitched], truth.offset[order][pitched], atol=frame)
+    assert notes.pitch.tolist() == truth.pitch[order].tolist()
+    assert notes.program.tolist() == truth.program[order].tolist()
+
+
+def test_notes_from_frames_needs_the_head(tmp_path, model_path, capsys):
+    torch.manual_seed(0)
+    cfg = ModelConfig.preset("tiny", max_tokens=48, aux_frame_loss=False)
+    no_head = tmp_path / "no_head.safetensors"
+    save_model(Model(cfg).state_dict(), no_head, model_meta(cfg))
+    src = tmp_path / "a.wav"
+    sf.write(src, tones(0.5), SR)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["transcribe", str(src), "-o", str(tmp_path / "a.mid"), "--model", str(no_head), "--notes", "frames"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "no aux frame head" in err and "Traceback" not in err
+    assert not (tmp_path / "a.mid").exists()
+    assert Transcriber(no_head).notes_source(None) == "tokens"
+    ok = run("transcribe", src, "-o", tmp_path / "b.mid", "--model", model_path, "--notes", "tokens", "--quiet")
+    assert ok.exit_code == 0, ok.output
 
 
 def test_decode_chunks_batches_agree(model_path):

@@ -3,7 +3,8 @@
     log-mel [B, S, 512] -> learnable frequency LayerNorm -> linear -> (+ positions) -> encoder blocks -> memory
     tokens  [B, T]      -> embedding * sqrt(d) (+ positions, + instrument hint) -> decoder blocks
                            (causal self-attention, cross-attention to memory, MLP) -> LM head (fp32) -> logits
-    memory              -> optional aux frame head: onset and active 88-key rolls per frame (training only)
+    memory              -> optional aux frame head: onset and active 88-key rolls per frame (a training loss, and
+                           the notes of hybrid transcription: mt3ds/frames.py)
 
 The decoder starts from PAD (T5/MT3): decoder_input = [PAD] + tokens[:-1]. The LM head, the softmax and the losses
 run in fp32 even when the weights are bf16 (DeepSpeed bf16 casts weights, not activations: design Step 2 §1).
@@ -141,6 +142,12 @@ class Transcriber(nn.Module):
             frames = self.frame_head(memory).float().view(*memory.shape[:2], 2, N_KEYS)  # (B, S, onset|active, 88)
         return self.logits(hidden), frames
 
+    def frame_probs(self, memory: torch.Tensor) -> torch.Tensor:
+        """Aux frame head on the encoder's memory -> probabilities fp32 (B, S, 2, 88): onset, active."""
+        if self.frame_head is None:
+            raise ValueError("this model has no aux frame head (aux_frame_loss)")
+        return torch.sigmoid(self.frame_head(memory).float().view(*memory.shape[:2], 2, N_KEYS))
+
     def forward(self, features: torch.Tensor, decoder_input: torch.Tensor | None = None,
                 instruments: torch.Tensor | None = None, *, batch: dict | None = None, label_smoothing: float = 0.0,
                 time_smoothing: float = 0.0):
@@ -204,7 +211,8 @@ class Transcriber(nn.Module):
     @torch.no_grad()
     def generate(self, features: torch.Tensor, instruments: torch.Tensor | None = None, *, max_len: int | None = None,
                  beam_size: int = 1, use_cache: bool = True, ignore_eos: bool = False, length_penalty: float = 1.0,
-                 return_logits: bool = False, constrain: bool = True, allowed: torch.Tensor | None = None):
+                 return_logits: bool = False, constrain: bool = True, allowed: torch.Tensor | None = None,
+                 return_frames: bool = False):
         """Decode a batch of segments: greedy (beam_size 1) or beam search. Returns int64 (B, L), each row its tokens
         up to and including EOS, then PAD; L <= max_len (default cfg.max_tokens). With return_logits (greedy only)
         also the fp32 logits of every step, (B, L, vocab).
@@ -218,12 +226,16 @@ class Transcriber(nn.Module):
         (model/grammar.py; cfg.time_encoding, steps up to grammar.MAX_STEP); with allowed (multi-hot [B, 129],
         128 = drums) a row writes only those programs and drums (an all-False row: anything). Beam search masks the
         log-probabilities, so scores stay the model's own. constrain=False decodes freely (allowed is then
-        ignored). return_logits gives the model's logits before the mask."""
+        ignored). return_logits gives the model's logits before the mask. return_frames (a model with the aux frame
+        head) also returns the head's probabilities from the same encoder pass, fp32 (B, S, 2, 88): onset, active
+        (mt3ds/frames.py turns them into notes): (tokens, frames), or (tokens, logits, frames) with return_logits."""
         max_len = max_len or self.cfg.max_tokens
         if not 1 <= max_len <= self.cfg.max_dec_len:
             raise ValueError(f"max_len must be in 1..{self.cfg.max_dec_len}, got {max_len}")
         if beam_size < 1 or (beam_size > 1 and (return_logits or ignore_eos)):
             raise ValueError("beam_size must be >= 1; return_logits and ignore_eos are for greedy decoding only")
+        if return_frames and self.frame_head is None:
+            raise ValueError("return_frames needs a model with the aux frame head (aux_frame_loss)")
         was_training = self.training
         self.eval()
         try:
@@ -236,8 +248,12 @@ class Transcriber(nn.Module):
                 grammar = TokenGrammar(features.shape[0] * beam_size, memory.device, self.cfg.time_encoding,
                                        MAX_STEP, allowed)
             if beam_size == 1:
-                return self._greedy(memory, hint, max_len, use_cache, ignore_eos, return_logits, grammar)
-            return self._beam(memory, hint, max_len, use_cache, beam_size, length_penalty, grammar)
+                out = self._greedy(memory, hint, max_len, use_cache, ignore_eos, return_logits, grammar)
+            else:
+                out = self._beam(memory, hint, max_len, use_cache, beam_size, length_penalty, grammar)
+            if not return_frames:
+                return out
+            return (*out, self.frame_probs(memory)) if isinstance(out, tuple) else (out, self.frame_probs(memory))
         finally:
             self.train(was_training)
 

@@ -61,7 +61,8 @@ def training_record(state: dict, tag_dir: Path) -> dict:
             "exported_validation": state.get("validation"), "runs": runs}
 
 
-CURVE_KEYS = ("step", "train_min", "token_loss", "token_acc", "onset_f1", "onset_offset_f1", "multi_full_f1")
+CURVE_KEYS = ("step", "train_min", "token_loss", "token_acc", "onset_f1", "onset_offset_f1", "multi_full_f1",
+              "frames_onset_f1", "frames_onset_offset_f1", "frames_multi_full_f1")
 
 
 def learning_curve(run_dir, up_to_step: int) -> list[dict]:

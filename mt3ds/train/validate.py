@@ -6,7 +6,9 @@ split across ranks by the validation loader. Decoded for real: the first `decode
 (greedy or beam, KV cache, grammar-constrained, to the batch's instruments too when the model is conditioned on
 them), turned into notes with decode_tokens exactly as transcription does, and scored against the chunk's reference
 tokens with mir_eval (mt3ds.evaluate.score_notes): onset F1, onset+offset F1 and multi-instrument F1, pooled over
-the decoded chunks. Each chunk is read on its own, so notes tied in from the
+the decoded chunks. A model with the aux frame head is also scored the way `transcribe --notes frames` reads it
+(mt3ds/frames.py: notes from the head, programs from the tokens): frames_onset_f1, frames_onset_offset_f1,
+frames_multi_full_f1. Each chunk is read on its own, so notes tied in from the
 previous chunk are left out of both sides (their onsets belong to that chunk). The first `dump_midi` chunks'
 predictions and references are written as MIDI under RUN_DIR/samples/step_NNNNNNNN/ (rank 0).
 """
@@ -18,11 +20,13 @@ from pathlib import Path
 import torch
 
 from ..evaluate import Counts, score_notes
+from ..frames import hybrid_notes
 from ..tokens.codec import decode_tokens
 from ..tokens.midi import write_midi
 from .config import ValidationConfig
 
 SCORED = ("onset", "onset_offset", "multi_full")
+FRAME_SCORED = tuple(f"frames_{name}" for name in SCORED)  # the same, for notes from the aux frame head
 
 
 def _take(batch: dict, n: int) -> dict:
@@ -54,7 +58,8 @@ def validate(model, logmel, loader, cfg: ValidationConfig, *, device, rank: int,
     decode_left = math.ceil(cfg.decode_items / world_size)
     dump_left = cfg.dump_midi if rank == 0 and dump_dir is not None else 0
     sums = torch.zeros(4, dtype=torch.float64)  # token loss x tokens, correct tokens, tokens, chunks
-    counts = {m: Counts() for m in SCORED}
+    with_frames = model.frame_head is not None
+    counts = {m: Counts() for m in SCORED + (FRAME_SCORED if with_frames else ())}
     decoded = malformed = 0
     for batch in loader:
         if items_left <= 0:
@@ -72,7 +77,11 @@ def validate(model, logmel, loader, cfg: ValidationConfig, *, device, rank: int,
         decode_left -= k
         instruments = batch["instruments"][:k] if model.cfg.conditioning != "none" else None
         generated = model.generate(features[:k], instruments, max_len=max_len, beam_size=cfg.beam_size,
-                                   constrain=True, allowed=instruments)
+                                   constrain=True, allowed=instruments, return_frames=with_frames)
+        if with_frames:
+            generated, probs = generated
+            probs = probs.cpu().numpy()
+            frame_seconds = chunk_seconds / probs.shape[1]
         generated = generated.cpu().numpy()
         reference = batch["tokens"][:k].cpu().numpy()
         for i in range(k):
@@ -81,6 +90,10 @@ def validate(model, logmel, loader, cfg: ValidationConfig, *, device, rank: int,
             decoded += 1
             for name in SCORED:
                 counts[name] += chunk_counts[name]
+            if with_frames:
+                hybrid = score_notes(ref, hybrid_notes(probs[i, :, 0], probs[i, :, 1], frame_seconds, est))
+                for name in SCORED:
+                    counts[f"frames_{name}"] += hybrid[name]
             if dump_left > 0:
                 dump_left -= 1
                 dump_dir.mkdir(parents=True, exist_ok=True)
@@ -95,7 +108,7 @@ def validate(model, logmel, loader, cfg: ValidationConfig, *, device, rank: int,
     loss_sum, correct, tokens, chunks = total[:4].tolist()
     out = {"kind": "validation", "token_loss": loss_sum / tokens if tokens else None,
            "token_acc": correct / tokens if tokens else None, "chunks": int(chunks), "tokens": int(tokens)}
-    for j, name in enumerate(SCORED):
+    for j, name in enumerate(counts):
         tp, n_est, n_ref = total[4 + 3 * j: 7 + 3 * j].tolist()
         out[f"{name}_f1"] = Counts(int(tp), int(n_est), int(n_ref)).scores()["f1"]
     out["decoded"], out["malformed"] = int(total[-2]), int(total[-1])
