@@ -167,25 +167,35 @@ class Transcriber:
                          use_cache: bool = True, progress=None, notes_from: str | None = None):
         """16 kHz mono waveform -> (Notes, number of chunks). notes_from: "frames", "tokens" or None (the model's
         default, see notes_source)."""
+        source = self.notes_source(notes_from)
+        tokens, probs = self.decode_audio(audio, seed_key, programs, batch_size, beam, use_cache, progress,
+                                          frames=source == "frames")
+        return self.read_notes(tokens, probs, len(audio), programs), len(tokens)
+
+    def decode_audio(self, audio: np.ndarray, seed_key: str, programs=None, batch_size=None, beam: int = 1,
+                     use_cache: bool = True, progress=None, frames: bool = False):
+        """16 kHz mono waveform -> (each chunk's token ids, the frame head's probabilities or None)."""
         from .data.audio import chunk, prepare
+
+        chunks = chunk(prepare(audio, self.audio_cfg, seed_key), self.audio_cfg)
+        decoded = self.decode_chunks(chunks, programs, batch_size, beam, use_cache, progress, frames=frames)
+        return decoded if frames else (decoded, None)
+
+    def read_notes(self, tokens, probs, n_samples: int, programs=None):
+        """Decoded chunks -> Notes of a file of n_samples: from the tokens alone (probs None) or hybrid."""
         from .frames import hybrid_notes
         from .tokens.codec import decode_tokens
 
-        source = self.notes_source(notes_from)
-        duration = len(audio) / self.audio_cfg.sample_rate
-        chunks = chunk(prepare(audio, self.audio_cfg, seed_key), self.audio_cfg)
-        decoded = self.decode_chunks(chunks, programs, batch_size, beam, use_cache, progress,
-                                     frames=source == "frames")
-        tokens = decoded[0] if source == "frames" else decoded
+        duration = n_samples / self.audio_cfg.sample_rate
         notes, _ = decode_tokens(tokens, chunk_seconds=self.audio_cfg.chunk_seconds,
                                  time_encoding=self.time_encoding, end_s=duration)
-        if source == "frames":
-            probs = decoded[1].reshape(-1, 2, decoded[1].shape[-1])  # chunks are back to back: one timeline
+        if probs is not None:
+            probs = probs.reshape(-1, 2, probs.shape[-1])  # chunks are back to back: one timeline
             notes = hybrid_notes(probs[:, 0], probs[:, 1], self.frame_seconds, notes, programs)
         # the last chunk is zero-padded past the file's end: nothing can start there
         notes = notes.select(notes.onset < duration)
         notes.offset[:] = np.minimum(notes.offset, duration)
-        return notes, len(chunks)
+        return notes
 
 
 def _trim(row: np.ndarray) -> np.ndarray:

@@ -226,7 +226,9 @@ def test_bench_quality_scores_a_split_with_and_without_instruments(tmp_path, mod
         make_slakh_track(tmp_path / "slakh" / "test" / f"Track0000{i}", stems, 2.5, seed=i)
     fig = bench_quality(model_path, "slakh", tmp_path / "slakh", "test", basic_pitch=False)
     assert fig["tracks"] == 2 and fig["audio_seconds"] == pytest.approx(5.0, abs=0.1)
-    for prefix in ("mt3ds_", "mt3ds_with_instruments_"):
-        f1 = fig[prefix + "onset_f1"]
-        assert f1 is None or 0.0 <= f1 <= 1.0
+    assert fig["mt3ds_notes_from"] == "frames"  # the fixture model has the head: hybrid, and tokens alone too
+    for prefix in ("mt3ds_", "mt3ds_with_instruments_", "mt3ds_tokens_", "mt3ds_tokens_with_instruments_"):
+        for metric in ("onset", "multi_full", "drum_onset"):
+            f1 = fig[f"{prefix}{metric}_f1"]
+            assert f1 is None or 0.0 <= f1 <= 1.0
     assert fig["mt3ds_rtf"] > 0 and fig["basic_pitch_rtf"] is None
