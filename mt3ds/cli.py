@@ -11,6 +11,7 @@ import sys
 import click
 
 from . import __version__
+from .config import FRAME_THRESHOLD, ONSET_THRESHOLD
 from .errors import UserError
 
 
@@ -66,15 +67,21 @@ def tokens(midi, chunk_seconds, time_encoding, as_json, events, roundtrip):
 @click.option("--notes", "notes_from", type=click.Choice(["frames", "tokens"]), default=None,
               help="Where notes come from: frames = the model's onset/active head, instruments from the decoded "
                    "tokens (default for a model with that head); tokens = the decoded tokens alone (MT3).")
+@click.option("--onset-threshold", type=float, default=ONSET_THRESHOLD, show_default=True,
+              help="--notes frames: the onset probability a note needs (lower finds more notes).")
+@click.option("--frame-threshold", type=float, default=FRAME_THRESHOLD, show_default=True,
+              help="--notes frames: a note lasts while its active probability stays above this.")
 @click.option("--csv", "as_csv", is_flag=True, help="Also write a note list NAME.csv.")
 @click.option("--plot", is_flag=True, help="Also write a piano roll NAME.png (needs matplotlib).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def transcribe(audio, out, model, instruments, device, batch_size, beam, notes_from, as_csv, plot, quiet):
+def transcribe(audio, out, model, instruments, device, batch_size, beam, notes_from, onset_threshold, frame_threshold,
+               as_csv, plot, quiet):
     """Transcribe audio files or folders (WAV, FLAC, OGG, MP3; any rate and channels) into multi-track MIDI."""
     from .transcribe import transcribe as run
 
     result = run(audio, out, model=model, instruments=instruments, device=device, batch_size=batch_size, beam=beam,
-                 as_csv=as_csv, plot=plot, progress=not quiet, notes_from=notes_from)
+                 as_csv=as_csv, plot=plot, progress=not quiet, notes_from=notes_from,
+                 onset_threshold=onset_threshold, frame_threshold=frame_threshold)
     for src, dst, n_notes, seconds in result.written:
         click.echo(f"{src} -> {dst} ({n_notes} notes, {seconds:.1f} s)")
     if result.failed:

@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from .config import FRAME_THRESHOLD, ONSET_THRESHOLD
 from .tokens import vocab
 from .tokens.notes import Notes
 
-ONSET_THRESHOLD = 0.5  # tuned on the synthetic validation split (BENCHMARKS.md), never on test
-FRAME_THRESHOLD = 0.3
 MIN_FRAMES = 2
 PROGRAM_WINDOW_S = 0.1  # a decoded note this far away in time costs as much as a wrong octave
 SEARCH_S = 1.0  # decoded notes further than this from a frame note are not considered for it

@@ -92,8 +92,14 @@ def resolve_device(device: str):
 class Transcriber:
     """A loaded model with its features and audio config, ready to transcribe waveforms."""
 
-    def __init__(self, model_path: str | os.PathLike | None = None, device: str = "auto"):
+    def __init__(self, model_path: str | os.PathLike | None = None, device: str = "auto",
+                 onset_threshold: float | None = None, frame_threshold: float | None = None):
         import torch
+
+        from .frames import FRAME_THRESHOLD, ONSET_THRESHOLD
+
+        self.onset_threshold = _threshold("--onset-threshold", onset_threshold, ONSET_THRESHOLD)
+        self.frame_threshold = _threshold("--frame-threshold", frame_threshold, FRAME_THRESHOLD)
 
         from .config import AudioConfig, FeatureConfig
         from .model.features import LogMel
@@ -191,11 +197,20 @@ class Transcriber:
                                  time_encoding=self.time_encoding, end_s=duration)
         if probs is not None:
             probs = probs.reshape(-1, 2, probs.shape[-1])  # chunks are back to back: one timeline
-            notes = hybrid_notes(probs[:, 0], probs[:, 1], self.frame_seconds, notes, programs)
+            notes = hybrid_notes(probs[:, 0], probs[:, 1], self.frame_seconds, notes, programs,
+                                 self.onset_threshold, self.frame_threshold)
         # the last chunk is zero-padded past the file's end: nothing can start there
         notes = notes.select(notes.onset < duration)
         notes.offset[:] = np.minimum(notes.offset, duration)
         return notes
+
+
+def _threshold(option: str, value: float | None, default: float) -> float:
+    if value is None:
+        return default
+    if not 0.0 < value < 1.0:
+        raise UserError(f"{option} must be between 0 and 1 (a probability), not {value}", exit_code=2)
+    return float(value)
 
 
 def _trim(row: np.ndarray) -> np.ndarray:
@@ -243,7 +258,8 @@ def write_plot(notes, path: Path, title: str) -> None:
 
 def transcribe(inputs, out, model=None, instruments: str | None = None, device: str = "auto",
                batch_size: int | None = None, beam: int = 1, as_csv: bool = False, plot: bool = False,
-               progress: bool = True, notes_from: str | None = None) -> TranscribeResult:
+               progress: bool = True, notes_from: str | None = None, onset_threshold: float | None = None,
+               frame_threshold: float | None = None) -> TranscribeResult:
     """Transcribe audio files or folders into General MIDI files; a bad file is reported and the rest go on."""
     from tqdm import tqdm
 
@@ -257,7 +273,7 @@ def transcribe(inputs, out, model=None, instruments: str | None = None, device: 
     programs = parse_instruments(instruments)
     files = collect_inputs(inputs)
     outputs = output_paths(files, Path(out))
-    engine = Transcriber(model, device)
+    engine = Transcriber(model, device, onset_threshold, frame_threshold)
     engine.notes_source(notes_from)  # a bad --notes fails before any file is read
     result = TranscribeResult()
     bar = tqdm(total=0, unit="chunk", disable=not progress, file=sys.stderr, dynamic_ncols=True)

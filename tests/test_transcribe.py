@@ -232,3 +232,14 @@ def test_bench_quality_scores_a_split_with_and_without_instruments(tmp_path, mod
             f1 = fig[f"{prefix}{metric}_f1"]
             assert f1 is None or 0.0 <= f1 <= 1.0
     assert fig["mt3ds_rtf"] > 0 and fig["basic_pitch_rtf"] is None
+
+
+@pytest.mark.parametrize("option,value", [("--onset-threshold", "1.5"), ("--frame-threshold", "0")])
+def test_thresholds_must_be_probabilities(tmp_path, model_path, capsys, option, value):
+    src = tmp_path / "a.wav"
+    sf.write(src, tones(0.5), SR)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["transcribe", str(src), "-o", str(tmp_path / "a.mid"), "--model", str(model_path), option, value])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and err.endswith(f"{option} must be between 0 and 1 (a probability), not "
+                                                      f"{float(value)}") and len(err.splitlines()) == 1
