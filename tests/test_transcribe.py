@@ -243,3 +243,11 @@ def test_thresholds_must_be_probabilities(tmp_path, model_path, capsys, option, 
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and err.endswith(f"{option} must be between 0 and 1 (a probability), not "
                                                       f"{float(value)}") and len(err.splitlines()) == 1
+
+
+def test_bench_transcribe_times_the_default_reading(model_path):
+    from mt3ds.bench.transcribe import bench_transcribe
+
+    fig = bench_transcribe(model=model_path, seconds=3.0, uncached_chunks=1, device="cpu")
+    assert fig["notes_from"] == "frames" and fig["chunks"] == 2 and fig["tokens_decoded"] >= 2
+    assert fig["rtf_cached"] > 0 and fig["rtf_cached_batch1"] > 0 and fig["rtf_uncached"] > 0

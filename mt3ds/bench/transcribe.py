@@ -56,7 +56,6 @@ def bench_transcribe(model=None, seconds: float = 60.0, uncached_chunks: int = 2
     import torch
 
     from ..data.audio import chunk, load_audio, prepare
-    from ..tokens.codec import decode_tokens
     from ..transcribe import Transcriber
 
     engine = Transcriber(model, device)
@@ -66,16 +65,20 @@ def bench_transcribe(model=None, seconds: float = 60.0, uncached_chunks: int = 2
         render_test_file(path, seconds)
         render_test_file(warm, 3.0, seed=1)
 
+        hybrid = engine.notes_source(None) == "frames"  # transcribe's default reading of this model
+
         def run(batch_size, use_cache, limit=None):
             t0 = time.perf_counter()
             audio = load_audio(path, cfg.sample_rate)
-            chunks = chunk(prepare(audio, cfg, "bench"), cfg)[:limit]
-            tokens = engine.decode_chunks(chunks, batch_size=batch_size, use_cache=use_cache)
-            notes, _ = decode_tokens(tokens, chunk_seconds=cfg.chunk_seconds, time_encoding=engine.time_encoding)
+            if limit is not None:
+                audio = audio[:limit * cfg.chunk_samples]
+            tokens, probs = engine.decode_audio(audio, "bench", batch_size=batch_size, use_cache=use_cache,
+                                                frames=hybrid)
+            notes = engine.read_notes(tokens, probs, len(audio))
             write_midi(notes, Path(tmp) / "out.mid")
             elapsed = time.perf_counter() - t0
             audio_s = seconds if limit is None else min(seconds, limit * cfg.chunk_seconds)
-            return elapsed / audio_s, len(chunks), int(sum(len(t) for t in tokens)), len(notes)
+            return elapsed / audio_s, len(tokens), int(sum(len(t) for t in tokens)), len(notes)
 
         engine.decode_chunks(chunk(prepare(load_audio(warm, cfg.sample_rate), cfg, "w"), cfg))  # warm-up
         rtf_all, n_chunks, n_tokens, n_notes = run(None, True)
@@ -86,6 +89,7 @@ def bench_transcribe(model=None, seconds: float = 60.0, uncached_chunks: int = 2
         "model": str(model or "bundled default"),
         "params": engine.model.num_params(),
         "device": str(engine.device),
+        "notes_from": "frames" if hybrid else "tokens",
         "threads": torch.get_num_threads(),
         "audio_seconds": seconds,
         "chunks": n_chunks,
