@@ -138,6 +138,9 @@ def test_init_from_an_exported_model_adds_up_history(finished_run, exported, sha
     t = second["training"]
     assert [r["steps"] for r in t["runs"]] == [6, 2] and t["steps"] == 8 and t["samples"] == 24 + 8
     assert t["wall_minutes"] == pytest.approx(sum(r["wall_minutes"] for r in t["runs"]))
+    assert t["train_minutes"] == pytest.approx(sum(r["train_minutes"] for r in t["runs"]))
+    assert t["runs"][0]["train_minutes"] == pytest.approx(meta["training"]["train_minutes"]) and \
+        0 < t["runs"][1]["train_minutes"] < t["train_minutes"]
     other = train_config_from_dict(train_yaml(tmp_path / "third", shard_dirs[0], None, steps=2, init_from=str(out),
                                               model={"preset": "tiny", "d_model": 32}))
     with pytest.raises(UserError, match=r"init_from model of another model config \(d_model: saved 64, config 32\)"):

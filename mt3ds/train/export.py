@@ -3,9 +3,9 @@
 Reads only the checkpoint's ema.safetensors and state.json (no DeepSpeed, no pickle). By default the checkpoint with
 the best validation token loss is exported, or the latest when none was validated. The weights are loaded into a
 Transcriber of the recorded config before anything is written, so a file that exists is a model that loads.
-The "training" record adds up over runs chained by init_from: total steps, samples, hours of audio seen and wall
-minutes, with one entry per run; "train_minutes" (validation left out) and "learning_curve" (this run's validation
-records up to the exported step) are this run's.
+The "training" record adds up over runs chained by init_from: total steps, samples, hours of audio seen, wall
+minutes and training minutes (validation left out), with one entry per run; "learning_curve" (validation records up
+to the exported step) is this run's.
 """
 from __future__ import annotations
 
@@ -45,18 +45,28 @@ def find_checkpoint(run_dir, which: str = "best", step: int | None = None) -> Pa
     return ckpt.latest_checkpoint(ckpt_dir)
 
 
+def _run_train_minutes(run: dict) -> float:
+    """A run's training minutes; runs exported before runs carried them: those at their last validation."""
+    if run.get("train_minutes") is not None:
+        return run["train_minutes"]
+    return (run.get("validation") or {}).get("train_min") or 0.0
+
+
 def training_record(state: dict, tag_dir: Path) -> dict:
-    """steps, samples, hours of data, wall minutes (totals over the init_from chain), hardware, best validation."""
+    """steps, samples, hours of data, wall and training minutes (totals over the init_from chain), hardware, best
+    validation."""
     chunk_s = AudioConfig().chunk_seconds
     this_run = {"run_dir": state.get("run_dir"), "checkpoint": tag_dir.name, "steps": state["step"],
                 "samples": state["samples"], "hours_of_data": state["samples"] * chunk_s / 3600,
-                "wall_minutes": state.get("wall_seconds", 0.0) / 60, "hardware": state.get("hardware"),
+                "wall_minutes": state.get("wall_seconds", 0.0) / 60,
+                "train_minutes": state.get("train_seconds", 0.0) / 60, "hardware": state.get("hardware"),
                 "init_from": state.get("init_from"), "validation": state.get("validation")}
     runs = list(state.get("history", [])) + [this_run]
     best = state.get("best")
     return {"steps": sum(r["steps"] for r in runs), "samples": sum(r["samples"] for r in runs),
             "hours_of_data": sum(r["hours_of_data"] for r in runs),
-            "wall_minutes": sum(r["wall_minutes"] for r in runs), "hardware": state.get("hardware"),
+            "wall_minutes": sum(r["wall_minutes"] for r in runs),
+            "train_minutes": sum(_run_train_minutes(r) for r in runs), "hardware": state.get("hardware"),
             "best_validation": ({"step": best["step"], **best["metrics"]} if best else None),
             "exported_validation": state.get("validation"), "runs": runs}
 
@@ -101,8 +111,7 @@ def export_run(run_dir, out, which: str = "best", step: int | None = None) -> di
     except RuntimeError as e:
         raise UserError(f"{tag_dir}: EMA weights do not fit the recorded model_config ({str(e).splitlines()[0]})") \
             from None
-    meta = model_meta(cfg, {**training_record(state, tag_dir), "train_minutes": state.get("train_seconds", 0) / 60,
-                            "learning_curve": learning_curve(run_dir, state["step"])})
+    meta = model_meta(cfg, {**training_record(state, tag_dir), "learning_curve": learning_curve(run_dir, state["step"])})
     meta["model_preset"] = state.get("model_preset")
     out = Path(out)
     if out.suffix != ".safetensors":
