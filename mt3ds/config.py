@@ -59,5 +59,5 @@ class FeatureConfig:
 # Hybrid transcription (`transcribe --notes frames`, frames.py): tuned on the synthetic validation split
 # (BENCHMARKS.md), never on test. Here rather than in frames.py so that `mt3ds transcribe --help` can show them
 # without importing numpy.
-ONSET_THRESHOLD = 0.5  # an onset peak must be above this probability
-FRAME_THRESHOLD = 0.3  # a note lasts while its active probability stays above this
+ONSET_THRESHOLD = 0.6  # an onset peak must be above this probability
+FRAME_THRESHOLD = 0.5  # a note lasts while its active probability stays above this
