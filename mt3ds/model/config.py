@@ -77,7 +77,8 @@ class ModelConfig:
 
     # aux frame head (decisions §5)
     aux_frame_loss: bool = False
-    """Add a head on the encoder output predicting onset and active 88-key rolls per frame (training only)."""
+    """Add a head on the encoder output predicting onset and active 88-key rolls per frame: a training loss, and the
+    notes of hybrid transcription (`transcribe --notes frames`, mt3ds/frames.py)."""
     aux_frame_weight: float = 1.0
     """Weight of the aux BCE (onset + active) added to the token loss."""
     aux_pos_weight: float | None = None
