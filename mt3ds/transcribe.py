@@ -96,14 +96,12 @@ class Transcriber:
                  onset_threshold: float | None = None, frame_threshold: float | None = None):
         import torch
 
-        from .frames import FRAME_THRESHOLD, ONSET_THRESHOLD
+        from .config import FRAME_THRESHOLD, ONSET_THRESHOLD, AudioConfig, FeatureConfig
+        from .model.features import LogMel
+        from .model.io import load_model
 
         self.onset_threshold = _threshold("--onset-threshold", onset_threshold, ONSET_THRESHOLD)
         self.frame_threshold = _threshold("--frame-threshold", frame_threshold, FRAME_THRESHOLD)
-
-        from .config import AudioConfig, FeatureConfig
-        from .model.features import LogMel
-        from .model.io import load_model
 
         path = Path(model_path) if model_path else DEFAULT_MODEL
         if model_path is None and not path.exists():

@@ -139,14 +139,17 @@ class Transcriber(nn.Module):
         hidden = self.decode(decoder_input, memory, self.decoder_hint(instruments, features.shape[0]))
         frames = None
         if self.frame_head is not None:
-            frames = self.frame_head(memory).float().view(*memory.shape[:2], 2, N_KEYS)  # (B, S, onset|active, 88)
+            frames = self._frame_logits(memory)
         return self.logits(hidden), frames
+
+    def _frame_logits(self, memory: torch.Tensor) -> torch.Tensor:
+        return self.frame_head(memory).float().view(*memory.shape[:2], 2, N_KEYS)  # (B, S, onset|active, 88)
 
     def frame_probs(self, memory: torch.Tensor) -> torch.Tensor:
         """Aux frame head on the encoder's memory -> probabilities fp32 (B, S, 2, 88): onset, active."""
         if self.frame_head is None:
             raise ValueError("this model has no aux frame head (aux_frame_loss)")
-        return torch.sigmoid(self.frame_head(memory).float().view(*memory.shape[:2], 2, N_KEYS))
+        return torch.sigmoid(self._frame_logits(memory))
 
     def forward(self, features: torch.Tensor, decoder_input: torch.Tensor | None = None,
                 instruments: torch.Tensor | None = None, *, batch: dict | None = None, label_smoothing: float = 0.0,
