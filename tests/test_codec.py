@@ -144,6 +144,15 @@ def test_overlapping_same_pitch_notes_are_cut_at_the_restrike():
     assert len(decoded) == 1 and decoded.offset[0] == pytest.approx(1.0)
 
 
+def test_doubled_drum_hit_on_one_step_keeps_the_louder():
+    # A soft grace note 3 ms before the accent, on the same 10 ms step and key: the accent's velocity is kept.
+    for soft_first in (True, False):
+        onset, vel = ([0.500, 0.503], [30, 110]) if soft_first else ([0.500, 0.503], [110, 30])
+        notes = Notes(onset, [o + DRUM_SECONDS for o in onset], [38, 38], vel, [V.DRUM_PROGRAM] * 2)
+        kept, _ = normalize_notes(notes)
+        assert len(kept) == 1 and kept.velocity.tolist() == [110]
+
+
 def test_out_of_range_pitches_are_dropped_and_counted():
     ct = encode_notes(Notes([0.0, 0.1, 0.2], [1, 1, 1], [10, 60, 120], [80, 80, 80], [0, 0, 0]))
     assert ct.dropped_pitches == 2

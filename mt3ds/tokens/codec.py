@@ -91,8 +91,10 @@ def normalize_notes(notes: Notes, chunk_seconds: float = TRAIN_CHUNK_SECONDS) ->
     offset[drum] = onset[drum] + DRUM_SECONDS
     chunk, step = _quantize(onset, chunk_seconds)
     key = n.program.astype(np.int64) * 128 + n.pitch
-    # Sort by key, then quantized onset, longest first, so the first of a same-step group is the one kept.
-    order = np.lexsort((-offset, onset, step, chunk, key))
+    # Sort by key, then quantized onset, longest first, so the first of a same-step group is the one kept. Of two
+    # drum hits on one step (all as long) the louder is kept: a flam's soft grace note is not the accent.
+    louder = np.where(drum, -n.velocity.astype(np.int64), 0)
+    order = np.lexsort((-offset, onset, louder, step, chunk, key))
     key, chunk, step, onset, offset = key[order], chunk[order], step[order], onset[order], offset[order]
     same_as_prev = np.zeros(len(key), dtype=bool)
     same_as_prev[1:] = (key[1:] == key[:-1]) & (chunk[1:] == chunk[:-1]) & (step[1:] == step[:-1])
