@@ -228,14 +228,14 @@ def test_slakh_mixture_target_is_the_union_of_stems_with_metadata_programs(slakh
 
 def test_slakh_stems_and_design_shape_shard(slakh_root, tmp_path):
     [train] = S.shard("slakh_stems", slakh_root, tmp_path / "stems", progress=False)
-    assert train.manifest["tracks"] == 3 and train.manifest["dataset"] == "slakh_stems"
+    assert train.manifest.tracks == 3 and train.manifest.dataset == "slakh_stems"
     keys = {s["__key__"].rsplit("_", 1)[0] for s in read_split(tmp_path / "stems" / "train")}
     assert keys == {"Track00001_S00", "Track00001_S01", "Track00001_S02"}
     design = tmp_path / "Slakh2100"
     make_slakh_track(design / "Train" / "Track00001", SLAKH_STEMS[:3], seconds=3.0, layout="design")
     make_slakh_track(design / "Validate" / "Track00002", SLAKH_STEMS[:1], seconds=3.0, layout="design")
     summaries = S.shard("slakh", design, tmp_path / "design", progress=False)
-    assert [(s.split, s.manifest["tracks"], s.manifest["samples"]) for s in summaries] == \
+    assert [(s.split, s.manifest.tracks, s.manifest.samples) for s in summaries] == \
         [("train", 1, 2), ("validation", 1, 2)]
 
 
@@ -279,8 +279,8 @@ def test_slakh_bad_tracks_are_skipped_too(tmp_path):
     make_slakh_track(root / "train" / "Track00004", SLAKH_STEMS[:1], seconds=3.0)
     (root / "train" / "Track00004" / "mix.flac").write_bytes(b"fLaC" + bytes(500))
     [train] = S.shard("slakh", root, tmp_path / "out", progress=False)
-    assert train.manifest["tracks"] == 1
-    reasons = sorted(s["reason"].split(" (")[0] for s in train.manifest["skipped"])
+    assert train.manifest.tracks == 1
+    reasons = sorted(s.reason.split(" (")[0] for s in train.manifest.skipped)
     assert reasons == ["malformed YAML", "missing stem MIDI", "unreadable audio"]
 
 
