@@ -20,6 +20,7 @@ from mt3ds.data import shards as S
 from mt3ds.data.audio import chunk, load_audio, prepare
 from mt3ds.data.index import index
 from mt3ds.errors import UserError
+from mt3ds.files import temp_name
 from mt3ds.tokens import vocab
 from mt3ds.tokens.codec import decode_tokens, encode_notes, normalize_notes
 from mt3ds.tokens.midi import write_midi
@@ -175,7 +176,7 @@ def test_interrupted_run_resumes_to_the_same_bytes(maestro_root, maestro_out, tm
     assert (work / "journal.json").is_file() and not (out / "train" / "manifest.json").exists()
     finished = json.loads((work / "journal.json").read_text())["shards"]
     assert finished and all((out / "train" / e["name"]).is_file() for e in finished)
-    (out / "train" / "shard-000009.tar.tmp").write_bytes(b"half a shard")  # what a cut-off write leaves
+    temp_name(out / "train" / "shard-000009.tar").write_bytes(b"half a shard")  # what a cut-off write leaves
     [train, test] = S.shard("maestro", maestro_root, out, shard_size=SMALL, progress=False)
     assert train.status == "resumed" and test.status == "written"
     assert tree_bytes(out) == tree_bytes(maestro_out)
