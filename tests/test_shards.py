@@ -19,6 +19,7 @@ from mt3ds.config import AudioConfig
 from mt3ds.data import shards as S
 from mt3ds.data.audio import chunk, load_audio, prepare
 from mt3ds.data.index import index
+from mt3ds.data.samples import Manifest
 from mt3ds.errors import UserError
 from mt3ds.files import temp_name
 from mt3ds.tokens import vocab
@@ -283,6 +284,7 @@ def test_slakh_bad_tracks_are_skipped_too(tmp_path):
     assert train.manifest.tracks == 1
     reasons = sorted(s.reason.split(" (")[0] for s in train.manifest.skipped)
     assert reasons == ["malformed YAML", "missing stem MIDI", "unreadable audio"]
+    assert Manifest.read(tmp_path / "out" / "train" / "manifest.json", CFG) == train.manifest  # what was written
 
 
 @pytest.mark.parametrize("argv, message", [

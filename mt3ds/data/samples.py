@@ -72,7 +72,7 @@ def manifest_file_name(part: tuple[int, int] = (1, 1)) -> str:
 # one sample
 
 def _is_int(x) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+    return type(x) is int or isinstance(x, np.integer)  # not bool: JSON's true is no chunk or program number
 
 
 @dataclass(frozen=True)

@@ -352,8 +352,9 @@ class _SplitRun:
     def _manifest(self, shards: tuple[ShardEntry, ...]) -> Manifest:
         results = [json.loads(self._result_path(i).read_text(encoding="utf-8"))
                    for i in range(len(self.plan.records))]
-        skipped = [*self.plan.index_skipped, *(Skipped(r["skip"]["path"], r["skip"]["reason"])
-                                               for r in results if r["skip"])]
+        # as the manifest records them (path and reason), so the manifest read back equals this one
+        skipped = [*(Skipped(s.path, s.reason) for s in self.plan.index_skipped),
+                   *(Skipped(r["skip"]["path"], r["skip"]["reason"]) for r in results if r["skip"])]
         ok = [r for r in results if not r["skip"]]
         p = self.plan
         return Manifest(p.dataset, p.split, p.cfg, shards, tracks=len(ok),
