@@ -376,6 +376,10 @@ def test_pipe_folder_spec_streams_manifest_and_shards_through_a_command(big, tmp
     assert all(u.startswith("pipe:cat ") for u in remote.urls)
     keys = [k for b in validation_loader([spec], cfg(batch_size=5)) for k in b["keys"]]
     assert sorted(keys) == sorted(all_keys(big))
+    # a ShardSet read once (train.engine checks its inputs first) goes to the loader without a second fetch
+    assert read_manifest(remote) is remote
+    assert [b["keys"] for b in validation_loader([remote], cfg(batch_size=5))] == \
+        [b["keys"] for b in validation_loader([spec], cfg(batch_size=5))]
     with pytest.raises(UserError, match="needs"):
         read_manifest(f"pipe:cat {big}/manifest.json")
     with pytest.raises(UserError, match="fetching manifest.json failed"):

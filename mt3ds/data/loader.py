@@ -150,7 +150,10 @@ def read_manifest(folder, audio: AudioConfig = AudioConfig()) -> ShardSet:
 
     `folder` is a local folder, or a WebDataset `pipe:` command with `{}` where a file name goes, for shards on
     object storage: `pipe:aws s3 cp s3://bucket/slakh/train/{} -` reads the manifest through the command and streams
-    each shard the same way."""
+    each shard the same way. A ShardSet already read is returned as it is, so a caller that checked its folders
+    first can hand the loader the result instead of making it fetch every manifest again."""
+    if isinstance(folder, ShardSet):
+        return folder
     remote = str(folder).startswith(PIPE)
     if remote:
         if "{}" not in str(folder):
