@@ -1,16 +1,16 @@
-"""Shared fixtures for the loader tests: small shard folders in the exact shard format (decisions §4), with real
-tokens from the codec. Import the fixtures into a test module with `from loader_fixtures import *`."""
+"""Shared fixtures for the loader tests: small shard folders in the shard format (written by `write_shard_folder`
+through the loader bench's synthetic data), with real tokens from the codec. Import the fixtures into a test module
+with `from loader_fixtures import *`."""
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from mt3ds.bench.loader import write_synthetic_shards
+from mt3ds.data.samples import ShardWriter, read_tar_samples, tar_blocks
+from mt3ds.files import npy_bytes
 
 BIG = {"tracks": 8, "chunks": 6, "per_shard": 12}  # 48 samples in 4 shards
 SMALL = {"tracks": 3, "chunks": 6, "per_shard": 9}  # 18 samples in 2 shards
@@ -58,24 +58,20 @@ def copy_of(tmp_path):
 
 def all_keys(folder: Path) -> list[str]:
     """Every sample key in a shard folder, read straight from the tars."""
-    keys = []
-    for tar_path in sorted(folder.glob("*.tar")):
-        with tarfile.open(tar_path) as tar:
-            keys += sorted({m.name.split(".", 1)[0] for m in tar})
-    return keys
+    return [raw["__key__"] for tar_path in sorted(folder.glob("*.tar")) for raw in read_tar_samples(tar_path)]
 
 
 def rewrite_member(folder: Path, shard: str, key: str, member: str, data: bytes) -> None:
-    """Replace one member of one sample in a shard with other bytes (the tar stays well-formed)."""
+    """Replace one member of one sample in a shard with other bytes (the tar stays well-formed): the shard is
+    written again by the format's own ShardWriter, with the damaged member as raw bytes."""
     path = folder / shard
-    with tarfile.open(path) as tar:
-        items = [(m, tar.extractfile(m).read()) for m in tar]
-    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for info, payload in items:
-            if info.name == f"{key}.{member}":
-                payload = data
-                info.size = len(data)
-            tar.addfile(info, io.BytesIO(payload))
+    samples = list(read_tar_samples(path))
+    writer = ShardWriter(path)
+    for raw in samples:
+        members = {ext: data if raw["__key__"] == key and ext == member else b for ext, b in raw.items()
+                   if ext != "__key__"}
+        writer.add(tar_blocks(raw["__key__"], members))
+    writer.finish()
 
 
 def edit_manifest(folder: Path, **changes) -> None:
@@ -83,12 +79,6 @@ def edit_manifest(folder: Path, **changes) -> None:
     m = json.loads(path.read_text())
     m.update(changes)
     path.write_text(json.dumps(m))
-
-
-def npy_bytes(a: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, a, allow_pickle=False)
-    return buf.getvalue()
 
 
 __all__ = ["shard_root", "big", "small", "one_shard", "copy_of", "all_keys", "rewrite_member", "edit_manifest",

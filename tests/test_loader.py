@@ -1,9 +1,11 @@
 """The WebDataset loader: mixing shares, determinism, workers and ranks, validation coverage, batches, frame targets,
-and each kind of bad input. Shards come from tests/loader_fixtures.py (the shard format of decisions §4)."""
+and each kind of bad input. Shards come from tests/loader_fixtures.py (the shard format of mt3ds/data/samples.py)."""
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from loader_fixtures import *  # noqa: F401,F403 (fixtures)
 from loader_fixtures import BIG, SMALL, all_keys, edit_manifest, npy_bytes, rewrite_member
 from mt3ds.config import AudioConfig
 from mt3ds.data import loader as L
+from mt3ds.data import samples as samples_format
 from mt3ds.data.loader import (IGNORE_INDEX, LoaderConfig, TrainStream, ValidationStream, collate, frame_targets,
                                mix_weights, read_manifest, train_loader, validation_loader)
 from mt3ds.errors import UserError
@@ -155,15 +158,7 @@ def test_validation_batches_are_not_augmented(one_shard):
 
 
 def _raw_samples(folder):
-    import tarfile
-
-    samples = {}
-    for tar_path in sorted(folder.glob("*.tar")):
-        with tarfile.open(tar_path) as tar:
-            for m in tar:
-                key, member = m.name.split(".", 1)
-                samples.setdefault(key, {"__key__": key})[member] = tar.extractfile(m).read()
-    return list(samples.values())
+    return [raw for tar_path in sorted(folder.glob("*.tar")) for raw in samples_format.read_tar_samples(tar_path)]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -264,7 +259,7 @@ def test_folder_without_manifest(tmp_path):
 @pytest.mark.parametrize("key, value, ours", [
     ("vocab_version", "mt3ds-option1-v0:1000:100sps", vocab.VOCAB_VERSION),
     ("audio_version", "mt3ds-audio-v1:sr22050", AudioConfig().version),
-    ("format", "mt3ds-shards-v9", L.MANIFEST_FORMAT),
+    ("format", "mt3ds-shards-v9", samples_format.FORMAT),
 ])
 def test_manifest_from_another_version_is_refused_naming_both(big, copy_of, key, value, ours):
     folder = copy_of(big)
@@ -282,6 +277,20 @@ def test_missing_shard_and_malformed_manifest(big, copy_of):
     (folder / "manifest.json").write_text("{not json")
     with pytest.raises(UserError, match="unreadable manifest"):
         read_manifest(folder)
+
+
+def test_manifest_of_the_old_fixtures_and_bench_is_still_read(big, copy_of):
+    # Before the format had one writer, the bench and the test fixtures wrote manifests without dropped_pitches,
+    # part, fingerprint, or a shard's bytes and first sample: such folders must still load.
+    folder = copy_of(big)
+    m = json.loads((folder / "manifest.json").read_text())
+    for k in ("dropped_pitches", "part", "fingerprint"):
+        del m[k]
+    m["shards"] = [{k: e[k] for k in ("name", "samples", "sha256")} for e in m["shards"]]
+    (folder / "manifest.json").write_text(json.dumps(m))
+    old, new = read_manifest(folder), read_manifest(big)
+    assert old.samples == new.samples == N_BIG and [Path(u).name for u in old.urls] == [Path(u).name for u in new.urls]
+    assert sorted(k for b in ValidationStream([folder], cfg()) for k in b["keys"]) == sorted(all_keys(big))
 
 
 def test_empty_dataset_in_the_mix(big, copy_of):
@@ -367,6 +376,10 @@ def test_pipe_folder_spec_streams_manifest_and_shards_through_a_command(big, tmp
     assert all(u.startswith("pipe:cat ") for u in remote.urls)
     keys = [k for b in validation_loader([spec], cfg(batch_size=5)) for k in b["keys"]]
     assert sorted(keys) == sorted(all_keys(big))
+    # a ShardSet read once (train.engine checks its inputs first) goes to the loader without a second fetch
+    assert read_manifest(remote) is remote
+    assert [b["keys"] for b in validation_loader([remote], cfg(batch_size=5))] == \
+        [b["keys"] for b in validation_loader([spec], cfg(batch_size=5))]
     with pytest.raises(UserError, match="needs"):
         read_manifest(f"pipe:cat {big}/manifest.json")
     with pytest.raises(UserError, match="fetching manifest.json failed"):

@@ -19,7 +19,9 @@ from mt3ds.config import AudioConfig
 from mt3ds.data import shards as S
 from mt3ds.data.audio import chunk, load_audio, prepare
 from mt3ds.data.index import index
+from mt3ds.data.samples import Manifest
 from mt3ds.errors import UserError
+from mt3ds.files import temp_name
 from mt3ds.tokens import vocab
 from mt3ds.tokens.codec import decode_tokens, encode_notes, normalize_notes
 from mt3ds.tokens.midi import write_midi
@@ -175,7 +177,7 @@ def test_interrupted_run_resumes_to_the_same_bytes(maestro_root, maestro_out, tm
     assert (work / "journal.json").is_file() and not (out / "train" / "manifest.json").exists()
     finished = json.loads((work / "journal.json").read_text())["shards"]
     assert finished and all((out / "train" / e["name"]).is_file() for e in finished)
-    (out / "train" / "shard-000009.tar.tmp").write_bytes(b"half a shard")  # what a cut-off write leaves
+    temp_name(out / "train" / "shard-000009.tar").write_bytes(b"half a shard")  # what a cut-off write leaves
     [train, test] = S.shard("maestro", maestro_root, out, shard_size=SMALL, progress=False)
     assert train.status == "resumed" and test.status == "written"
     assert tree_bytes(out) == tree_bytes(maestro_out)
@@ -228,14 +230,14 @@ def test_slakh_mixture_target_is_the_union_of_stems_with_metadata_programs(slakh
 
 def test_slakh_stems_and_design_shape_shard(slakh_root, tmp_path):
     [train] = S.shard("slakh_stems", slakh_root, tmp_path / "stems", progress=False)
-    assert train.manifest["tracks"] == 3 and train.manifest["dataset"] == "slakh_stems"
+    assert train.manifest.tracks == 3 and train.manifest.dataset == "slakh_stems"
     keys = {s["__key__"].rsplit("_", 1)[0] for s in read_split(tmp_path / "stems" / "train")}
     assert keys == {"Track00001_S00", "Track00001_S01", "Track00001_S02"}
     design = tmp_path / "Slakh2100"
     make_slakh_track(design / "Train" / "Track00001", SLAKH_STEMS[:3], seconds=3.0, layout="design")
     make_slakh_track(design / "Validate" / "Track00002", SLAKH_STEMS[:1], seconds=3.0, layout="design")
     summaries = S.shard("slakh", design, tmp_path / "design", progress=False)
-    assert [(s.split, s.manifest["tracks"], s.manifest["samples"]) for s in summaries] == \
+    assert [(s.split, s.manifest.tracks, s.manifest.samples) for s in summaries] == \
         [("train", 1, 2), ("validation", 1, 2)]
 
 
@@ -279,9 +281,10 @@ def test_slakh_bad_tracks_are_skipped_too(tmp_path):
     make_slakh_track(root / "train" / "Track00004", SLAKH_STEMS[:1], seconds=3.0)
     (root / "train" / "Track00004" / "mix.flac").write_bytes(b"fLaC" + bytes(500))
     [train] = S.shard("slakh", root, tmp_path / "out", progress=False)
-    assert train.manifest["tracks"] == 1
-    reasons = sorted(s["reason"].split(" (")[0] for s in train.manifest["skipped"])
+    assert train.manifest.tracks == 1
+    reasons = sorted(s.reason.split(" (")[0] for s in train.manifest.skipped)
     assert reasons == ["malformed YAML", "missing stem MIDI", "unreadable audio"]
+    assert Manifest.read(tmp_path / "out" / "train" / "manifest.json", CFG) == train.manifest  # what was written
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -1,34 +1,24 @@
-"""Tiny shard folders in the agreed format (decisions §4) for the training and export tests.
+"""Tiny shard folders in the shard format (mt3ds/data/samples.py) for the training and export tests.
 
 Each track is a few seconds of synthetic harmonic tones (one program per track) with its notes; the notes are
-tokenized per 2.048 s chunk with the real codec and written with the audio as WebDataset tar shards plus a
-manifest.json that the real loader accepts. Built here rather than with the shard writer so these tests do not
-depend on the offline audio chain.
+tokenized per 2.048 s chunk with the real codec and written with the audio by `write_shard_folder`, the function
+the shard writer uses. The samples are made here rather than by `mt3ds shard` so these tests do not depend on the
+offline audio chain.
 """
 from __future__ import annotations
 
-import hashlib
-import io
 import json
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-import mt3ds
 from mt3ds.config import AudioConfig
-from mt3ds.tokens import vocab
+from mt3ds.data.samples import Manifest, Sample, SampleMeta, sample_key, write_shard_folder
 from mt3ds.tokens.codec import encode_notes
 from mt3ds.tokens.notes import Notes
 
 AUDIO = AudioConfig()
-
-
-def _npy(a: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, a, allow_pickle=False)
-    return buf.getvalue()
 
 
 def synth_track(rng: np.random.Generator, n_chunks: int, program: int, notes_per_chunk: int = 3):
@@ -55,8 +45,6 @@ def synth_track(rng: np.random.Generator, n_chunks: int, program: int, notes_per
 def write_shards(folder, n_tracks: int = 2, chunks_per_track: int = 4, seed: int = 0, split: str = "train",
                  dataset: str = "synthetic", samples_per_shard: int = 4) -> Path:
     """Write `n_tracks * chunks_per_track` samples as shards and a manifest under `folder`; return the folder."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     samples = []
     for t in range(n_tracks):
@@ -65,31 +53,17 @@ def write_shards(folder, n_tracks: int = 2, chunks_per_track: int = 4, seed: int
         ct = encode_notes(notes, n_chunks=chunks_per_track)
         track_id = f"{dataset}/track{t:03d}"
         for c in range(chunks_per_track):
-            key = "".join(ch if ch.isalnum() or ch in "_-" else "_" for ch in track_id) + f"_{c:05d}"
-            meta = {"dataset": dataset, "track_id": track_id, "chunk": c, "start_s": c * AUDIO.chunk_seconds,
-                    "programs": [program], "split": split, "truncated": bool(ct.truncated[c])}
+            meta = SampleMeta(dataset, track_id, c, c * AUDIO.chunk_seconds, (program,), split, bool(ct.truncated[c]))
             chunk_audio = audio[c * AUDIO.chunk_samples:(c + 1) * AUDIO.chunk_samples].astype(np.float16)
-            samples.append((key, {"audio.npy": _npy(chunk_audio), "tokens.npy": _npy(ct.chunk(c).astype(np.int16)),
-                                  "json": json.dumps(meta).encode()}))
-    shards = []
-    for i in range(0, len(samples), samples_per_shard):
-        name = f"shard-{len(shards):06d}.tar"
-        with tarfile.open(folder / name, "w", format=tarfile.USTAR_FORMAT) as tar:
-            for key, members in samples[i:i + samples_per_shard]:
-                for ext, data in members.items():
-                    info = tarfile.TarInfo(f"{key}.{ext}")
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
-        digest = hashlib.sha256((folder / name).read_bytes()).hexdigest()
-        shards.append({"name": name, "samples": len(samples[i:i + samples_per_shard]), "sha256": digest})
-    manifest = {"format": "mt3ds-shards-v1", "dataset": dataset, "split": split,
-                "vocab_version": vocab.VOCAB_VERSION, "audio_version": AUDIO.version, "audio_config": AUDIO.to_dict(),
-                "time_encoding": "delta", "code_version": mt3ds.__version__, "shards": shards,
-                "samples": len(samples), "tracks": n_tracks,
-                "hours": len(samples) * AUDIO.chunk_seconds / 3600, "truncated_chunks": 0, "skipped": [],
-                "skipped_count": 0, "created_by": {"fixture": "tests/train_fixtures.py"}}
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-    return folder
+            samples.append(Sample(sample_key(track_id, c), chunk_audio, ct.chunk(c).astype(np.int16), meta))
+
+    def manifest(shards) -> Manifest:
+        return Manifest(dataset, split, AUDIO, shards, tracks=n_tracks, hours=len(samples) * AUDIO.chunk_seconds / 3600,
+                        truncated_chunks=sum(s.meta.truncated for s in samples),
+                        created_by={"fixture": "tests/train_fixtures.py"})
+
+    write_shard_folder(folder, samples, manifest, max_samples=samples_per_shard)
+    return Path(folder)
 
 
 CPU_DS_CONFIG = {

@@ -5,12 +5,6 @@ Also the rate with the aux frame targets on, and aug_on_over_off (the aim: >= 0.
 datasets of 600 and 150 samples, real codec tokens from random 10-track pieces) and built in a temp dir."""
 from __future__ import annotations
 
-import hashlib
-import io
-import json
-import os
-import re
-import tarfile
 import tempfile
 import time
 from collections import Counter
@@ -18,74 +12,40 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
 from ..config import AudioConfig
-from ..tokens import vocab
+from ..data.samples import Manifest, Sample, SampleMeta, read_tar_samples, sample_key, write_shard_folder
 from ..tokens.codec import encode_notes
 from .tokens import generate_piece
 
 
-def _sanitize(track_id: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_-]", "_", track_id)
-
-
-def _npy(a: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, a, allow_pickle=False)
-    return buf.getvalue()
-
-
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), 0, 0o644
-    tar.addfile(info, io.BytesIO(data))
-
-
 def write_synthetic_shards(out, dataset: str, split: str, tracks: int, chunks_per_track: int,
                            samples_per_shard: int = 100, seed: int = 0) -> Path:
-    """A split folder in the shard format (decisions §4) from random multi-track pieces: real tokens from the codec,
-    synthetic audio (a quiet noise floor plus a sine per chunk). Returns the folder holding manifest.json.
+    """A split folder in the shard format (data/samples.py) from random multi-track pieces: real tokens from the
+    codec, synthetic audio (a quiet noise floor plus a sine per chunk). Returns the folder holding manifest.json.
     Used by this benchmark and by the loader tests; `mt3ds shard` writes the real thing from datasets."""
     audio = AudioConfig()
     folder = Path(out) / split
-    folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     samples = []
     for t in range(tracks):
         track_id = f"{dataset}/track-{seed}.{t:04d}"
         notes = generate_piece(chunks_per_track * audio.chunk_seconds, notes_per_second=8.0, seed=seed * 1000 + t)
         ct = encode_notes(notes, n_chunks=chunks_per_track, chunk_seconds=audio.chunk_seconds)
-        programs = sorted({int(p) for p in notes.program})
+        programs = tuple(sorted({int(p) for p in notes.program}))
         for c in range(chunks_per_track):
             n = np.arange(audio.chunk_samples)
             wav = 0.003 * rng.standard_normal(audio.chunk_samples) + 0.1 * np.sin(2 * np.pi * rng.uniform(50, 4000)
                                                                                   * n / audio.sample_rate)
-            meta = {"dataset": dataset, "track_id": track_id, "chunk": c, "start_s": c * audio.chunk_seconds,
-                    "programs": programs, "split": split, "truncated": bool(ct.truncated[c])}
-            samples.append({"__key__": f"{_sanitize(track_id)}_{c:05d}", "audio.npy": _npy(wav.astype(np.float16)),
-                            "tokens.npy": _npy(ct.chunk(c).astype(np.int16)),
-                            "json": json.dumps(meta, sort_keys=True).encode("utf-8")})
-    shards = []
-    for i in range(0, len(samples), samples_per_shard):
-        name = f"shard-{i // samples_per_shard:06d}.tar"
-        tmp = folder / (name + ".tmp")
-        with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
-            for s in samples[i:i + samples_per_shard]:
-                for member in ("audio.npy", "json", "tokens.npy"):
-                    _add(tar, f"{s['__key__']}.{member}", s[member])
-        os.replace(tmp, folder / name)
-        digest = hashlib.sha256((folder / name).read_bytes()).hexdigest()
-        shards.append({"name": name, "samples": len(samples[i:i + samples_per_shard]), "sha256": digest})
-    manifest = {
-        "format": "mt3ds-shards-v1", "dataset": dataset, "split": split, "vocab_version": vocab.VOCAB_VERSION,
-        "audio_version": audio.version, "audio_config": audio.to_dict(), "time_encoding": "delta",
-        "code_version": __version__, "shards": shards, "samples": len(samples), "tracks": tracks,
-        "hours": len(samples) * audio.chunk_seconds / 3600, "truncated_chunks": 0, "skipped": [],
-        "skipped_count": 0, "created_by": {"command": "write_synthetic_shards", "seed": seed},
-    }
-    tmp = folder / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, folder / "manifest.json")
+            meta = SampleMeta(dataset, track_id, c, c * audio.chunk_seconds, programs, split, bool(ct.truncated[c]))
+            samples.append(Sample(sample_key(track_id, c), wav.astype(np.float16), ct.chunk(c).astype(np.int16), meta))
+
+    def manifest(shards) -> Manifest:
+        return Manifest(dataset, split, audio, shards, tracks=tracks,
+                        hours=len(samples) * audio.chunk_seconds / 3600,
+                        truncated_chunks=sum(s.meta.truncated for s in samples),
+                        created_by={"command": "write_synthetic_shards", "seed": seed})
+
+    write_shard_folder(folder, samples, manifest, max_samples=samples_per_shard)
     return folder
 
 
@@ -120,14 +80,9 @@ def bench_loader(samples: int = 2000, mix_samples: int = 5000, batch_size: int =
         while n < samples:
             for folder in folders:
                 for tar_path in sorted(folder.glob("*.tar")):
-                    with tarfile.open(tar_path) as tar:
-                        members = {}
-                        for m in tar:
-                            members[m.name.split(".", 1)[1]] = tar.extractfile(m).read()
-                            if len(members) == 3:
-                                members["__key__"] = m.name.split(".", 1)[0]
-                                decode_sample(members)
-                                members, n = {}, n + 1
+                    for raw in read_tar_samples(tar_path):
+                        decode_sample(raw)
+                        n += 1
         figures["raw_tar_read_samples_per_s"] = n / (time.perf_counter() - t0)
 
         rates = {}

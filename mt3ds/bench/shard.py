@@ -69,10 +69,9 @@ def _tree_digest(folder: Path) -> str:
 
 def bench_shard(minutes: float = 20.0, tracks: int = 16, repeats: int = 2) -> dict:
     """The figures of the module docstring; each timing is the best of REPEATS."""
-    import json
-
     from ..config import AudioConfig
     from ..data.audio import load_audio
+    from ..data.samples import Manifest
     from ..data.shards import shard
 
     cfg = AudioConfig()
@@ -97,9 +96,9 @@ def bench_shard(minutes: float = 20.0, tracks: int = 16, repeats: int = 2) -> di
                       progress=False)
                 times[workers].append(time.perf_counter() - t)
         same = _tree_digest(tmp / "out1-0") == _tree_digest(tmp / "out2-0")
-        manifest = json.loads((tmp / "out1-0" / "train" / "manifest.json").read_text())
+        manifest = Manifest.read(tmp / "out1-0" / "train" / "manifest.json")
     floor_rate, one, two = (audio_seconds / min(times[k]) for k in ("floor", 1, 2))
-    return {"audio_seconds": round(audio_seconds, 1), "tracks": tracks, "samples": manifest["samples"],
+    return {"audio_seconds": round(audio_seconds, 1), "tracks": tracks, "samples": manifest.samples,
             "cpu_count": os.cpu_count(), "floor_audio_s_per_s": floor_rate, "shard_1_worker_audio_s_per_s": one,
             "shard_2_workers_audio_s_per_s": two, "shard_2_workers_per_worker": two / 2,
             "ratio_to_floor": one / floor_rate, "scaling_2_workers": two / one,

@@ -24,8 +24,6 @@ frame_active float32 [B, 256, 88]; keys, meta (each sample's json) and skipped f
 """
 from __future__ import annotations
 
-import io
-import json
 import logging
 import os
 from dataclasses import asdict, dataclass, field
@@ -39,13 +37,12 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..config import AudioConfig, FeatureConfig
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..tokens import vocab
 from ..tokens.codec import decode_tokens, quantize_velocities, to_absolute
 from .augment import AugmentConfig, Augmenter
+from .samples import MANIFEST, Manifest, Sample
 
-MANIFEST_FORMAT = "mt3ds-shards-v1"
-SHARD_TIME_ENCODING = "delta"  # shards always hold the canonical form (decisions §3)
 IGNORE_INDEX = -100  # labels at PAD positions: ignored by cross-entropy
 N_INSTRUMENTS = vocab.DRUM_PROGRAM + 1  # programs 0..127 and drums as 128
 N_KEYS = vocab.MAX_PITCH - vocab.MIN_PITCH + 1  # 88 piano keys in the frame rolls
@@ -148,56 +145,46 @@ def _read_remote(spec: str, name: str) -> bytes:
 
 
 def read_manifest(folder, audio: AudioConfig = AudioConfig()) -> ShardSet:
-    """Check a shard folder's manifest.json against this code's vocabulary, audio config and format.
+    """Check a shard folder's manifest.json against this code's vocabulary, audio config and format
+    (`Manifest.from_bytes`), and that every shard it lists is there.
 
     `folder` is a local folder, or a WebDataset `pipe:` command with `{}` where a file name goes, for shards on
     object storage: `pipe:aws s3 cp s3://bucket/slakh/train/{} -` reads the manifest through the command and streams
-    each shard the same way."""
+    each shard the same way. A ShardSet already read is returned as it is, so a caller that checked its folders
+    first can hand the loader the result instead of making it fetch every manifest again."""
+    if isinstance(folder, ShardSet):
+        return folder
     remote = str(folder).startswith(PIPE)
     if remote:
         if "{}" not in str(folder):
             raise UserError(f"{folder}: a pipe: shard folder needs {{}} where the file name goes, e.g. "
                             f"'pipe:aws s3 cp s3://bucket/train/{{}} -'")
-        path = str(folder).replace("{}", "manifest.json")
-        text = _read_remote(str(folder), "manifest.json")
+        path = str(folder).replace("{}", MANIFEST)
+        data = _read_remote(str(folder), MANIFEST)
     else:
         folder = Path(folder)
-        path = folder / "manifest.json"
+        path = folder / MANIFEST
         if not folder.is_dir():
             raise UserError(f"{folder}: not a folder of shards")
         if not path.is_file():
             raise UserError(f"{folder}: no manifest.json, so not a shard folder (shards are written by `mt3ds shard`)")
-        text = path.read_bytes()
-    try:
-        m = json.loads(text.decode("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: unreadable manifest ({e})") from None
-    if not isinstance(m, dict):
-        raise UserError(f"{path}: not a manifest (expected a JSON object)")
-    checks = [("format", MANIFEST_FORMAT, "shard format"), ("vocab_version", vocab.VOCAB_VERSION, "vocabulary"),
-              ("audio_version", audio.version, "audio config"), ("time_encoding", SHARD_TIME_ENCODING,
-                                                                 "time encoding")]
-    for key, ours, what in checks:
-        if m.get(key) != ours:
-            raise UserError(f"{path}: shards were written with {what} {m.get(key)!r} but this code uses {ours!r}; "
-                            f"re-shard the dataset with this version")
-    try:
-        shards = [(str(s["name"]), int(s["samples"])) for s in m["shards"]]
-        samples, dataset, split = int(m["samples"]), str(m["dataset"]), str(m["split"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise UserError(f"{path}: malformed manifest ({type(e).__name__}: {e})") from None
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise UserError(f"{path}: unreadable manifest ({first_line(e)})") from None
+    m = Manifest.from_bytes(data, path, audio)
     urls = []
-    for name, n in shards:
-        if n <= 0:
+    for e in m.shards:
+        if e.samples <= 0:
             continue
         if remote:  # WebDataset opens pipe: URLs itself, streaming the command's output
-            urls.append(str(folder).replace("{}", name))
+            urls.append(str(folder).replace("{}", e.name))
             continue
-        shard = folder / name
+        shard = folder / e.name
         if not shard.is_file():
             raise UserError(f"{shard}: listed in {path} but missing")
         urls.append(str(shard.resolve()))
-    return ShardSet(str(folder), dataset, split, tuple(urls), samples if urls else 0)
+    return ShardSet(str(folder), m.dataset, m.split, tuple(urls), m.samples if urls else 0)
 
 
 def mix_weights(samples, alpha: float = 0.7) -> np.ndarray:
@@ -211,24 +198,11 @@ def mix_weights(samples, alpha: float = 0.7) -> np.ndarray:
 # Samples
 
 def decode_sample(raw: dict, audio: AudioConfig = AudioConfig()) -> dict:
-    """A tar sample (bytes per member) -> key, audio float16 [32768], tokens int16 EOS-terminated, meta dict.
-    np.load runs with allow_pickle=False (WebDataset's own npy decoder is not used). Raises ValueError if malformed."""
-    for member in ("audio.npy", "tokens.npy", "json"):
-        if member not in raw:
-            raise ValueError(f"missing member {member}")
-    wav = np.load(io.BytesIO(raw["audio.npy"]), allow_pickle=False)
-    if wav.dtype != np.float16 or wav.shape != (audio.chunk_samples,):
-        raise ValueError(f"audio.npy is {wav.dtype} {wav.shape}, expected float16 ({audio.chunk_samples},)")
-    ids = np.load(io.BytesIO(raw["tokens.npy"]), allow_pickle=False)
-    if ids.dtype != np.int16 or ids.ndim != 1 or len(ids) == 0 or ids[-1] != vocab.EOS:
-        raise ValueError(f"tokens.npy is {ids.dtype} {ids.shape}, expected int16 ending with EOS")
-    if ids.min() < 0 or ids.max() >= vocab.VOCAB_SIZE:
-        raise ValueError("tokens.npy holds ids outside the vocabulary")
-    meta = json.loads(raw["json"].decode("utf-8"))
-    programs = meta.get("programs") if isinstance(meta, dict) else None
-    if not isinstance(programs, list) or not all(isinstance(p, int) and 0 <= p < N_INSTRUMENTS for p in programs):
-        raise ValueError("json has no list of programs 0..128")
-    return {"key": raw["__key__"], "audio": wav, "tokens": ids, "meta": meta}
+    """A tar sample (bytes per member) -> key, audio float16 [32768], tokens int16 EOS-terminated, meta dict, checked
+    as `Sample.from_members` checks it (np.load with allow_pickle=False: WebDataset's own npy decoder is not used).
+    Raises ValueError if malformed."""
+    s = Sample.from_members(raw, audio)
+    return {"key": s.key, "audio": s.audio, "tokens": s.tokens, "meta": s.meta.to_dict()}
 
 
 _warned = False  # one warning per process for bad data; the rest are counted in batches

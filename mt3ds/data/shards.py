@@ -2,15 +2,16 @@
 
     <out>/<split>/shard-000000.tar ...   samples `{key}.audio.npy` (float16 [32768]), `{key}.json`, `{key}.tokens.npy`
     <out>/<split>/manifest.json          counts, hours, skipped tracks, versions, shard names and sha256
+                                         (both in the format that data/samples.py owns and checks)
 
 How a run goes, per split:
   1. The dataset is indexed; the split's tracks are taken in track-id order (`--part i/N` keeps every N-th, from
      the i-th).
   2. Workers process tracks in parallel, one track each at a time (memory: about one track per worker): the offline
      audio chain, the target notes, encode_notes, and the track's samples written to `.work/track-NNNNNN.tar`.
-  3. The main process copies those samples, in track order, into shards of at most --shard-size, so the bytes do
-     not depend on the number of workers. A shard is written as `.tar.tmp`, synced, renamed, then journaled in
-     `.work/journal.json`.
+  3. The main process copies those samples, in track order, into shards of at most --shard-size
+     (samples.write_shard_folder), so the bytes do not depend on the number of workers. A shard is written under a
+     temporary name, synced, renamed, then journaled in `.work/journal.json`.
   4. manifest.json is written last (atomically) and `.work/` removed.
 
 Resume: re-running the same command keeps the finished shards and the finished tracks of `.work/`, and goes on
@@ -29,29 +30,26 @@ its audio) are skipped, listed with their path and reason in the manifest, and c
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import re
 import shutil
-import tarfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from .. import __version__
 from ..config import AudioConfig
-from ..errors import UserError
+from ..errors import UserError, first_line
+from ..files import atomic_path, json_bytes, write_bytes_atomic
 from ..tokens import vocab
 from .records import SPLITS, Skipped, TrackRecord
+from .samples import (FORMAT, TIME_ENCODING, EncodedSample, Manifest, Sample, SampleMeta, ShardEntry, ShardWriter,
+                      end_of_archive, manifest_file_name, read_tar_samples, write_shard_folder)
 
-FORMAT = "mt3ds-shards-v1"
-TIME_ENCODING = "delta"  # shards hold the canonical tokens; the loader rewrites them when a model wants absolute
 MAX_LENGTH_MISMATCH_S = 1.0
-_TAR = tarfile.PAX_FORMAT  # long keys (MAESTRO's file names) need PAX path records; USTAR stops at 100 characters
-_BLOCK = tarfile.BLOCKSIZE
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12,
           "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -89,30 +87,6 @@ class BadTrack(Exception):
         self.path, self.reason = str(path), reason
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
-def _json_bytes(obj) -> bytes:
-    return (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode("utf-8")
-
-
-def _npy_bytes(a: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, a, allow_pickle=False)
-    return buf.getvalue()
-
-
-def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
-    """A member header with nothing that depends on the machine or the time (same input, same bytes)."""
-    ti = tarfile.TarInfo(name)
-    ti.size, ti.mtime, ti.mode, ti.uid, ti.gid, ti.uname, ti.gname = size, 0, 0o644, 0, 0, "", ""
-    return ti
-
-
 # ------------------------------------------------------------------------------------------------------------
 # one track -> its samples (runs in the workers)
 
@@ -128,9 +102,9 @@ def read_target(record: TrackRecord):
     return Notes.concat(parts).sorted()
 
 
-def track_samples(record: TrackRecord, cfg: AudioConfig):
-    """(samples, info) of one track: samples is a list of (key, {ext: bytes}) in chunk order. BadTrack for a track
-    that cannot be used (UserError from decoding or MIDI reading is turned into one)."""
+def track_samples(record: TrackRecord, cfg: AudioConfig) -> tuple[list[Sample], dict]:
+    """(samples, info) of one track, samples in chunk order. BadTrack for a track that cannot be used (UserError
+    from decoding or MIDI reading is turned into one)."""
     from ..tokens.codec import encode_notes
     from .audio import chunk, load_audio, prepare
 
@@ -160,16 +134,11 @@ def track_samples(record: TrackRecord, cfg: AudioConfig):
         raise bad(e, record.audio_path) from None
     del audio
     tokens = encode_notes(notes, n_chunks=len(chunks), chunk_seconds=cfg.chunk_seconds, time_encoding=TIME_ENCODING)
-    programs = sorted({int(p) for p in notes.program})
-    samples = []
-    for i in range(len(chunks)):
-        meta = {"dataset": record.dataset, "track_id": record.track_id, "chunk": i,
-                "start_s": i * cfg.chunk_samples / cfg.sample_rate, "programs": programs, "split": record.split,
-                "truncated": bool(tokens.truncated[i])}
-        samples.append((f"{record.key}_{i:05d}", {
-            "audio.npy": _npy_bytes(chunks[i].astype(np.float16)),
-            "json": json.dumps(meta, sort_keys=True).encode("utf-8"),
-            "tokens.npy": _npy_bytes(tokens.chunk(i).astype(np.int16))}))
+    programs = tuple(sorted({int(p) for p in notes.program}))
+    samples = [Sample(f"{record.key}_{i:05d}", chunks[i].astype(np.float16), tokens.chunk(i).astype(np.int16),
+                      SampleMeta(record.dataset, record.track_id, i, i * cfg.chunk_samples / cfg.sample_rate, programs,
+                                 record.split, bool(tokens.truncated[i])))
+               for i in range(len(chunks))]
     info = {"samples": len(samples), "seconds": seconds, "truncated": int(tokens.truncated.sum()),
             "dropped_pitches": int(tokens.dropped_pitches)}
     return samples, info
@@ -187,18 +156,15 @@ def _process_track(job) -> dict:
         result["skip"] = {"path": e.path, "reason": e.reason}
     else:
         result.update(info)
-        tar_path = work / f"track-{index:06d}.tar"
-        tmp = tar_path.with_name(tar_path.name + ".tmp")
         ranges = []  # each sample's bytes in the tar: copied as they are into a shard, headers and all
-        with tarfile.open(tmp, "w", format=_TAR) as tar:
-            for key, members in samples:
-                start = tar.offset
-                for ext, data in members.items():
-                    tar.addfile(_tarinfo(f"{key}.{ext}", len(data)), io.BytesIO(data))
-                ranges.append([start, tar.offset])
-        os.replace(tmp, tar_path)
+        with atomic_path(work / f"track-{index:06d}.tar") as tmp, open(tmp, "wb") as f:
+            for s in samples:
+                blocks = s.tar_blocks()
+                ranges.append([f.tell(), f.tell() + len(blocks)])
+                f.write(blocks)
+            f.write(end_of_archive(f.tell()))
         result["ranges"] = ranges
-    _write_atomic(work / f"track-{index:06d}.json", _json_bytes(result))
+    write_bytes_atomic(work / f"track-{index:06d}.json", json_bytes(result))
     return result
 
 
@@ -219,15 +185,8 @@ class SplitPlan:
     created_by: dict = field(default_factory=dict)
 
     @property
-    def part_tag(self) -> str:
-        return "" if self.part == (1, 1) else f"part{self.part[0]}of{self.part[1]}"
-
-    def shard_name(self, k: int) -> str:
-        return f"shard-{self.part_tag + '-' if self.part_tag else ''}{k:06d}.tar"
-
-    @property
     def manifest_name(self) -> str:
-        return f"manifest.{self.part_tag}.json" if self.part_tag else "manifest.json"
+        return manifest_file_name(self.part)
 
     def fingerprint(self) -> str:
         files = []
@@ -239,47 +198,6 @@ class SplitPlan:
                 "time_encoding": TIME_ENCODING, "code": __version__, "tracks": files,
                 "skipped": [s.to_dict() for s in self.index_skipped]}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode("utf-8")).hexdigest()
-
-
-class _HashingFile:
-    """A write-only file that hashes and counts what tarfile writes, so a shard's sha256 costs no second read."""
-
-    def __init__(self, path: Path):
-        self.f, self.sha, self.n = open(path, "wb"), hashlib.sha256(), 0
-
-    def write(self, b) -> int:
-        self.f.write(b)
-        self.sha.update(b)
-        self.n += len(b)
-        return len(b)
-
-    def tell(self) -> int:
-        return self.n
-
-
-class _ShardWriter:
-    """One shard being written under a temporary name; finish() syncs and renames it into place. Samples arrive as
-    the tar blocks of their members (headers and padded data), so a shard is their concatenation plus the end
-    of archive: byte for byte what tarfile writes for the same members."""
-
-    def __init__(self, split_dir: Path, name: str, first: tuple[int, int]):
-        self.path, self.first, self.samples = split_dir / name, first, 0
-        self.tmp = self.path.with_name(name + ".tmp")
-        self.file = _HashingFile(self.tmp)
-
-    def add(self, sample_blocks: bytes) -> None:
-        self.file.write(sample_blocks)
-        self.samples += 1
-
-    def finish(self) -> dict:
-        end = self.file.n + 2 * _BLOCK  # two zero blocks, then zeros up to a whole record, as tarfile.close() does
-        self.file.write(bytes(end - self.file.n + (-end) % tarfile.RECORDSIZE))
-        self.file.f.flush()
-        os.fsync(self.file.f.fileno())
-        self.file.f.close()
-        os.replace(self.tmp, self.path)
-        return {"name": self.path.name, "samples": self.samples, "sha256": self.file.sha.hexdigest(),
-                "bytes": self.file.n, "first_track": self.first[0], "first_chunk": self.first[1]}
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -323,7 +241,7 @@ class _SplitRun:
             yield i, result
 
     def _samples(self, first: tuple[int, int], last: int):
-        """(track, chunk, tar bytes of the sample) from sample FIRST = (track, chunk) to the end of track LAST-1."""
+        """EncodedSamples from sample FIRST = (track, chunk) to the end of track LAST-1."""
         for i, result in self._tracks(first[0], last):
             if not result["samples"]:
                 continue
@@ -331,7 +249,7 @@ class _SplitRun:
                 for c, (a, b) in enumerate(result["ranges"]):
                     if i > first[0] or c >= first[1]:
                         f.seek(a)
-                        yield i, c, f.read(b - a)
+                        yield EncodedSample(i, c, f.read(b - a))
 
     def _advance(self, result: dict) -> None:
         if self.bar is None:
@@ -343,50 +261,33 @@ class _SplitRun:
         self.bar.update(1)
 
     # -- shards --------------------------------------------------------------------------------------------------
-    def _write_shards(self, start: tuple[int, int], journal: dict) -> None:
-        """The shards after the journaled ones, from sample START to the end, journaled one by one."""
-        writer, n = None, len(self.plan.records)
-        for i, c, blocks in self._samples(start, n):
-            full = writer is not None and writer.file.n + len(blocks) + 2 * _BLOCK > self.plan.shard_bytes
-            if full and writer.samples:
-                self._journal_shard(writer.finish(), (i, c), journal)
-                writer = None
-            if writer is None:
-                writer = _ShardWriter(self.dir, self.plan.shard_name(len(journal["shards"])), (i, c))
-            writer.add(blocks)
-        if writer is not None:
-            self._journal_shard(writer.finish(), (n, 0), journal)
-        else:
-            journal["next"] = [n, 0]
-            _write_atomic(self.work / "journal.json", _json_bytes(journal))
-
-    def _journal_shard(self, entry: dict, nxt: tuple[int, int], journal: dict) -> None:
-        journal["shards"].append(entry)
+    def _journal_shard(self, entry: ShardEntry, nxt: tuple[int, int], journal: dict) -> None:
+        journal["shards"].append(entry.to_dict())
         journal["next"] = list(nxt)
-        _write_atomic(self.work / "journal.json", _json_bytes(journal))
-        for i in range(entry["first_track"], nxt[0]):  # tracks whose every sample now sits in finished shards
+        write_bytes_atomic(self.work / "journal.json", json_bytes(journal))
+        for i in range(entry.first_track, nxt[0]):  # tracks whose every sample now sits in finished shards
             self._tar_path(i).unlink(missing_ok=True)
 
-    def _intact(self, entry: dict) -> bool:
-        p = self.dir / entry["name"]
-        return p.is_file() and p.stat().st_size == entry["bytes"]
+    def _intact(self, entry: ShardEntry) -> bool:
+        p = self.dir / entry.name
+        return p.is_file() and p.stat().st_size == entry.bytes
 
-    def _rebuild(self, entries: list[dict], k: int) -> None:
+    def _rebuild(self, entries: list[ShardEntry], k: int) -> None:
         """Rewrite shard k from its recorded first sample; it must come out as recorded."""
         e = entries[k]
         if k + 1 < len(entries):  # up to the next shard's first sample
-            last = entries[k + 1]["first_track"] + (1 if entries[k + 1]["first_chunk"] else 0)
+            last = entries[k + 1].first_track + (1 if entries[k + 1].first_chunk else 0)
         else:
             last = len(self.plan.records)
-        writer = _ShardWriter(self.dir, e["name"], (e["first_track"], e["first_chunk"]))
-        for _, _, blocks in self._samples((e["first_track"], e["first_chunk"]), last):
-            if writer.samples < e["samples"]:  # read on to the end: no worker is left writing into .work
-                writer.add(blocks)
+        writer = ShardWriter(self.dir / e.name, (e.first_track, e.first_chunk))
+        for s in self._samples((e.first_track, e.first_chunk), last):
+            if writer.samples < e.samples:  # read on to the end: no worker is left writing into .work
+                writer.add(s.blocks)
         got = writer.finish()
-        for i in range(e["first_track"], last):
+        for i in range(e.first_track, last):
             self._tar_path(i).unlink(missing_ok=True)
-        if got["sha256"] != e["sha256"]:
-            raise UserError(f"{self.dir / e['name']}: rebuilt shard differs from the one recorded (the input changed "
+        if got.sha256 != e.sha256:
+            raise UserError(f"{self.dir / e.name}: rebuilt shard differs from the one recorded (the input changed "
                             f"since); delete {self.dir} and shard again", exit_code=2)
 
     # -- the run -------------------------------------------------------------------------------------------------
@@ -402,38 +303,42 @@ class _SplitRun:
                 return json.loads(journal_file.read_text(encoding="utf-8"))
         else:
             self.work.mkdir(parents=True, exist_ok=True)
-            _write_atomic(plan_file, _json_bytes({"fingerprint": self.fingerprint}))
+            write_bytes_atomic(plan_file, json_bytes({"fingerprint": self.fingerprint}))
         return {"shards": [], "next": [0, 0]}
 
-    def run(self) -> tuple[dict, str]:
+    def run(self) -> tuple[Manifest, str]:
         self.dir.mkdir(parents=True, exist_ok=True)
         for stale in self.dir.glob("*.tmp"):  # a shard or manifest cut off by an interruption
             stale.unlink()
         manifest_path = self.dir / self.plan.manifest_name
         if manifest_path.is_file():
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-            if manifest.get("fingerprint") != self.fingerprint:
+            manifest = Manifest.read(manifest_path)  # versions are in the fingerprint, compared next
+            if manifest.fingerprint != self.fingerprint:
                 raise UserError(f"{manifest_path}: made from other input or settings; delete {self.dir} or choose "
                                 f"another --out", exit_code=2)
-            missing = [k for k, e in enumerate(manifest["shards"]) if not self._intact(e)]
+            missing = [k for k, e in enumerate(manifest.shards) if not self._intact(e)]
             if not missing:
                 shutil.rmtree(self.work, ignore_errors=True)  # left by a run cut off right after its manifest
                 return manifest, "complete"
             self._open_work()
             with self._progress(None):
                 for k in missing:
-                    self._rebuild(manifest["shards"], k)
+                    self._rebuild(list(manifest.shards), k)
             shutil.rmtree(self.work)
             return manifest, f"rebuilt {len(missing)} shard(s)"
         journal = self._open_work()
-        for k, e in enumerate(journal["shards"]):
+        done = [ShardEntry.from_dict(e) for e in journal["shards"]]
+        for k, e in enumerate(done):
             if not self._intact(e):
-                self._rebuild(journal["shards"], k)
-        status = "resumed" if journal["shards"] or any(self.work.glob("track-*.json")) else "written"
-        with self._progress(len(self.plan.records) - journal["next"][0]):
-            self._write_shards(tuple(journal["next"]), journal)
-        manifest = self._manifest(journal["shards"])
-        _write_atomic(manifest_path, _json_bytes(manifest))
+                self._rebuild(done, k)
+        status = "resumed" if done or any(self.work.glob("track-*.json")) else "written"
+        n = len(self.plan.records)
+        with self._progress(n - journal["next"][0]):
+            # the shards after the journaled ones, from the journal's next sample on, each journaled when finished
+            manifest = write_shard_folder(
+                self.dir, self._samples(tuple(journal["next"]), n), self._manifest, max_bytes=self.plan.shard_bytes,
+                part=self.plan.part, done=done,
+                on_shard=lambda entry, nxt: self._journal_shard(entry, nxt or (n, 0), journal))
         shutil.rmtree(self.work)
         return manifest, status
 
@@ -444,21 +349,20 @@ class _SplitRun:
                         disable=None if self.progress else True, dynamic_ncols=True)
         return self.bar
 
-    def _manifest(self, shards: list[dict]) -> dict:
+    def _manifest(self, shards: tuple[ShardEntry, ...]) -> Manifest:
         results = [json.loads(self._result_path(i).read_text(encoding="utf-8"))
                    for i in range(len(self.plan.records))]
-        skipped = [s.to_dict() for s in self.plan.index_skipped] + [r["skip"] for r in results if r["skip"]]
+        # as the manifest records them (path and reason), so the manifest read back equals this one
+        skipped = [*(Skipped(s.path, s.reason) for s in self.plan.index_skipped),
+                   *(Skipped(r["skip"]["path"], r["skip"]["reason"]) for r in results if r["skip"])]
         ok = [r for r in results if not r["skip"]]
         p = self.plan
-        return {"format": FORMAT, "dataset": p.dataset, "split": p.split, "vocab_version": vocab.VOCAB_VERSION,
-                "audio_version": p.cfg.version, "audio_config": p.cfg.to_dict(), "time_encoding": TIME_ENCODING,
-                "code_version": __version__, "shards": shards, "samples": sum(e["samples"] for e in shards),
-                "tracks": len(ok), "hours": round(sum(r["seconds"] for r in ok) / 3600, 6),
-                "truncated_chunks": sum(r["truncated"] for r in ok),
-                "dropped_pitches": sum(r["dropped_pitches"] for r in ok),
-                "skipped": skipped, "skipped_count": len(skipped),
-                "part": None if p.part == (1, 1) else f"{p.part[0]}/{p.part[1]}",
-                "fingerprint": self.fingerprint, "created_by": p.created_by}
+        return Manifest(p.dataset, p.split, p.cfg, shards, tracks=len(ok),
+                        hours=round(sum(r["seconds"] for r in ok) / 3600, 6),
+                        truncated_chunks=sum(r["truncated"] for r in ok),
+                        dropped_pitches=sum(r["dropped_pitches"] for r in ok), skipped=tuple(skipped),
+                        part=None if p.part == (1, 1) else f"{p.part[0]}/{p.part[1]}", fingerprint=self.fingerprint,
+                        created_by=p.created_by)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -468,30 +372,30 @@ _COMBINE_KEYS = ("format", "dataset", "split", "vocab_version", "audio_version",
                  "code_version")
 
 
-def combine_parts(split_dir: str | Path, n_parts: int) -> dict | None:
+def combine_parts(split_dir: str | Path, n_parts: int) -> Manifest | None:
     """manifest.json from the N part manifests in SPLIT_DIR once all are there (None until then)."""
     split_dir = Path(split_dir)
-    paths = [split_dir / f"manifest.part{i}of{n_parts}.json" for i in range(1, n_parts + 1)]
+    paths = [split_dir / manifest_file_name((i, n_parts)) for i in range(1, n_parts + 1)]
     if not all(p.is_file() for p in paths):
         return None
-    parts = [json.loads(p.read_text(encoding="utf-8")) for p in paths]
+    parts = [Manifest.read(p) for p in paths]
     for p, m in zip(paths[1:], parts[1:]):
-        differ = [k for k in _COMBINE_KEYS if m.get(k) != parts[0].get(k)]
+        differ = [k for k in _COMBINE_KEYS if getattr(m, k) != getattr(parts[0], k)]
         if differ:
             raise UserError(f"{p}: differs from {paths[0].name} in {', '.join(differ)}; parts must share them",
                             exit_code=2)
-    combined = {k: parts[0][k] for k in _COMBINE_KEYS}
-    combined.update({
-        "shards": [dict(e, part=i) for i, m in enumerate(parts, 1) for e in m["shards"]],
-        "samples": sum(m["samples"] for m in parts), "tracks": sum(m["tracks"] for m in parts),
-        "hours": round(sum(m["hours"] for m in parts), 6),
-        "truncated_chunks": sum(m["truncated_chunks"] for m in parts),
-        "dropped_pitches": sum(m.get("dropped_pitches", 0) for m in parts),
-        "skipped": [s for m in parts for s in m["skipped"]], "skipped_count": sum(m["skipped_count"] for m in parts),
-        "part": None, "parts": [p.name for p in paths],
-        "fingerprint": hashlib.sha256("".join(m["fingerprint"] for m in parts).encode()).hexdigest(),
-        "created_by": dict(parts[0]["created_by"], part=f"1..{n_parts}/{n_parts}")})
-    _write_atomic(split_dir / "manifest.json", _json_bytes(combined))
+    first = parts[0]
+    combined = Manifest(
+        first.dataset, first.split, first.audio_config,
+        shards=tuple(replace(e, part=i) for i, m in enumerate(parts, 1) for e in m.shards),
+        tracks=sum(m.tracks for m in parts), hours=round(sum(m.hours for m in parts), 6),
+        truncated_chunks=sum(m.truncated_chunks for m in parts), dropped_pitches=sum(m.dropped_pitches for m in parts),
+        skipped=tuple(s for m in parts for s in m.skipped), part=None, parts=tuple(p.name for p in paths),
+        fingerprint=hashlib.sha256("".join(m.fingerprint or "" for m in parts).encode()).hexdigest(),
+        created_by=dict(first.created_by, part=f"1..{n_parts}/{n_parts}"), format=first.format,
+        vocab_version=first.vocab_version, audio_version=first.audio_version, time_encoding=first.time_encoding,
+        code_version=first.code_version)
+    write_bytes_atomic(split_dir / manifest_file_name(), combined.to_bytes())
     return combined
 
 
@@ -504,7 +408,7 @@ class SplitSummary:
 
     split: str
     status: str  # written | resumed | complete | rebuilt N shard(s)
-    manifest: dict
+    manifest: Manifest
     path: Path
 
 
@@ -564,13 +468,12 @@ def summary_lines(summaries: list[SplitSummary]) -> list[str]:
     lines, skipped = [], []
     for s in summaries:
         m = s.manifest
-        lines.append(f"{s.split}: {m['tracks']} tracks, {m['samples']} samples, {m['hours']:.3f} h, "
-                     f"{len(m['shards'])} shard(s), {m['truncated_chunks']} truncated chunk(s), "
-                     f"{m['skipped_count']} skipped -> {s.path} ({s.status})")
-        skipped.extend(m["skipped"])
+        lines.append(f"{s.split}: {m.tracks} tracks, {m.samples} samples, {m.hours:.3f} h, {len(m.shards)} shard(s), "
+                     f"{m.truncated_chunks} truncated chunk(s), {m.skipped_count} skipped -> {s.path} ({s.status})")
+        skipped.extend(m.skipped)
     if skipped:
         lines.append(f"skipped {len(skipped)} track(s):")
-        lines.extend(f"  {x['path']}: {x['reason']}" for x in skipped)
+        lines.extend(f"  {x.path}: {x.reason}" for x in skipped)
     return lines
 
 
@@ -588,38 +491,28 @@ def _split_dirs(path: Path) -> list[Path]:
     return sorted(found, key=lambda d: (order.get(d.name, len(order)), d.name))
 
 
-def _manifests(split_dir: Path) -> list[tuple[Path, dict]]:
-    main = split_dir / "manifest.json"
+def _manifests(split_dir: Path) -> list[tuple[Path, Manifest]]:
+    main = split_dir / manifest_file_name()
     paths = [main] if main.is_file() else sorted(split_dir.glob("manifest.part*.json"))
-    out = []
-    for p in paths:
-        try:
-            out.append((p, json.loads(p.read_text(encoding="utf-8"))))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise UserError(f"{p}: not a readable manifest ({e})") from None
-    return out
+    return [(p, Manifest.read(p)) for p in paths]  # versions unchecked: inspect reports them instead
 
 
-def find_sample(path, key: str) -> tuple[dict, dict]:
-    """(manifest, {ext: bytes}) of the sample KEY in the shards under PATH; UserError when absent."""
+def find_sample(path, key: str) -> tuple[Manifest, Sample]:
+    """(manifest, sample) of the sample KEY in the shards under PATH; UserError when absent or malformed."""
     example = None
     for split_dir in _split_dirs(Path(path)):
         for _, manifest in _manifests(split_dir):
-            for entry in manifest["shards"]:
-                shard_path = split_dir / entry["name"]
+            for entry in manifest.shards:
+                shard_path = split_dir / entry.name
                 if not shard_path.is_file():
                     continue
-                with tarfile.open(shard_path, "r") as tar:
-                    members = {}
-                    for m in tar:
-                        k, _, ext = m.name.partition(".")
-                        example = example or k
-                        if k == key:
-                            members[ext] = tar.extractfile(m).read()
-                        elif members:
-                            return manifest, members
-                    if members:
-                        return manifest, members
+                for raw in read_tar_samples(shard_path):
+                    example = example or raw["__key__"]
+                    if raw["__key__"] == key:
+                        try:
+                            return manifest, Sample.from_members(raw, manifest.audio_config)
+                        except (ValueError, OSError, EOFError) as e:
+                            raise UserError(f"{shard_path}: sample {key!r}: {first_line(e)}") from None
     hint = f" (keys look like {example!r})" if example else ""
     raise UserError(f"{path}: no sample {key!r} in its shards{hint}")
 
@@ -636,19 +529,15 @@ def inspect(path, sample: str | None = None, wav=None, midi=None) -> list[str]:
     lines = []
     for split_dir in _split_dirs(path):
         for mpath, m in _manifests(split_dir):
-            notes = []
-            if m.get("vocab_version") != vocab.VOCAB_VERSION:
-                notes.append(f"vocabulary {m.get('vocab_version')} differs from this code's {vocab.VOCAB_VERSION}")
-            if m.get("audio_version") != AudioConfig().version:
-                notes.append(f"audio chain {m.get('audio_version')} differs from the default")
-            missing = [e["name"] for e in m.get("shards", []) if not (split_dir / e["name"]).is_file()]
+            notes = m.differences(AudioConfig())
+            missing = [e.name for e in m.shards if not (split_dir / e.name).is_file()]
             if missing:
                 notes.append(f"{len(missing)} shard(s) missing: {', '.join(missing[:3])}")
-            lines.append(f"{mpath}: {m.get('dataset')}/{m.get('split')}: {m.get('tracks')} tracks, "
-                         f"{m.get('samples')} samples, {m.get('hours', 0):.3f} h, {len(m.get('shards', []))} shard(s), "
-                         f"{m.get('truncated_chunks')} truncated chunk(s), {m.get('skipped_count')} skipped")
+            lines.append(f"{mpath}: {m.dataset}/{m.split}: {m.tracks} tracks, {m.samples} samples, {m.hours:.3f} h, "
+                         f"{len(m.shards)} shard(s), {m.truncated_chunks} truncated chunk(s), {m.skipped_count} "
+                         f"skipped")
             lines.extend(f"  note: {n}" for n in notes)
-            lines.extend(f"  skipped {s['path']}: {s['reason']}" for s in m.get("skipped", [])[:20])
+            lines.extend(f"  skipped {s.path}: {s.reason}" for s in m.skipped[:20])
     if sample:
         lines.extend(_inspect_sample(path, sample, wav, midi))
     return lines
@@ -657,17 +546,11 @@ def inspect(path, sample: str | None = None, wav=None, midi=None) -> list[str]:
 def _inspect_sample(path: Path, key: str, wav, midi) -> list[str]:
     from ..tokens.codec import decode_tokens, event_names
 
-    manifest, members = find_sample(path, key)
-    missing = [e for e in ("audio.npy", "tokens.npy", "json") if e not in members]
-    if missing:
-        raise UserError(f"{path}: sample {key!r} lacks {', '.join(missing)}")
-    audio = np.load(io.BytesIO(members["audio.npy"]), allow_pickle=False)
-    tokens = np.load(io.BytesIO(members["tokens.npy"]), allow_pickle=False)
-    meta = json.loads(members["json"].decode("utf-8"))
-    cfg = AudioConfig.from_dict(manifest["audio_config"])
+    manifest, s = find_sample(path, key)
+    audio, tokens, cfg = s.audio, s.tokens, manifest.audio_config
     notes, stats = decode_tokens([tokens.astype(np.int64)], chunk_seconds=cfg.chunk_seconds,
-                                 time_encoding=manifest.get("time_encoding", TIME_ENCODING), tie_starts_notes=True)
-    lines = [f"sample {key}: {json.dumps(meta, sort_keys=True)}",
+                                 time_encoding=manifest.time_encoding, tie_starts_notes=True)
+    lines = [f"sample {key}: {json.dumps(s.meta.to_dict(), sort_keys=True)}",
              f"  audio {audio.dtype} {list(audio.shape)}, peak {float(np.abs(audio.astype(np.float32)).max()):.3f}; "
              f"{len(tokens)} tokens, {len(notes)} notes decoded, {stats.malformed} malformed",
              "  tokens: " + " ".join(event_names(tokens[:48].astype(np.int64))) + (" ..." if len(tokens) > 48 else "")]
@@ -676,11 +559,9 @@ def _inspect_sample(path: Path, key: str, wav, midi) -> list[str]:
 
         from .audio import de_emphasis
 
-        wav = Path(wav)
-        tmp = wav.with_name(wav.name + ".tmp")
-        sf.write(str(tmp), np.clip(de_emphasis(audio.astype(np.float32), cfg.pre_emphasis), -1, 1), cfg.sample_rate,
-                 subtype="PCM_16", format="WAV")
-        os.replace(tmp, wav)
+        with atomic_path(wav) as tmp:
+            sf.write(str(tmp), np.clip(de_emphasis(audio.astype(np.float32), cfg.pre_emphasis), -1, 1),
+                     cfg.sample_rate, subtype="PCM_16", format="WAV")
         lines.append(f"  wrote {wav}")
     if midi:
         from ..tokens.midi import write_midi
