@@ -110,6 +110,7 @@ def _max_len(model: Transcriber, search: Search) -> int:
     return max_len
 
 
+@torch.no_grad()
 def greedy(model: Transcriber, memory: torch.Tensor, hint: torch.Tensor | None, search: Search = Search(),
            grammar: TokenGrammar | None = None, with_logits: bool = False) -> Generation:
     """Greedy decoding from the encoder's memory (B, S, d_model): the likeliest allowed token at every step.
@@ -147,6 +148,7 @@ def greedy(model: Transcriber, memory: torch.Tensor, hint: torch.Tensor | None, 
     return Generation(out[:, :length], all_logits[:, :length] if all_logits is not None else None)
 
 
+@torch.no_grad()
 def beam_search(model: Transcriber, memory: torch.Tensor, hint: torch.Tensor | None, search: Search,
                 grammar: TokenGrammar | None = None) -> Generation:
     """Beam search with K = search.beam_size beams per segment, scores normalized by length ** length_penalty.
