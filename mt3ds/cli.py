@@ -11,8 +11,8 @@ import sys
 import click
 
 from . import __version__
-from .config import FRAME_THRESHOLD, ONSET_THRESHOLD
 from .errors import UserError
+from .tokens.frames import FRAME_THRESHOLD, ONSET_THRESHOLD
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -55,9 +55,3 @@ class FeatureConfig:
     log_eps: float = 1e-5
     frames: int = 256  # center=True gives 257 frames for 32768 samples: keep the first 256
 
-
-# Hybrid transcription (`transcribe --notes frames`, frames.py): tuned on the synthetic validation split
-# (BENCHMARKS.md), never on test. Here rather than in frames.py so that `mt3ds transcribe --help` can show them
-# without importing numpy.
-ONSET_THRESHOLD = 0.6  # an onset peak must be above this probability
-FRAME_THRESHOLD = 0.5  # a note lasts while its active probability stays above this

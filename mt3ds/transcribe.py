@@ -7,10 +7,17 @@ at a chunk's end and absent from the next chunk's tie section ends at the bounda
 
 Where the notes come from (--notes): "tokens" takes them from the decoded tokens, as MT3 does; "frames" (hybrid,
 the default for a model with the aux frame head) takes the pitched notes from the head's onset and active rolls and
-gives each one the instrument of the decoded note that matches it best, keeping the decoded drums (mt3ds/frames.py).
+gives each one the instrument of the decoded note that matches it best, keeping the decoded drums
+(mt3ds/tokens/frames.py).
+
+    pipeline = Pipeline("model.safetensors")            # the model, its features and audio config, on a device
+    notes, n_chunks = pipeline.transcribe_audio(waveform, "name", notes_from="frames")
+    # or in two steps, to read one decode both ways (bench quality):
+    decoded = pipeline.decode_audio(waveform, "name", with_rolls=True)   # Decoded: tokens per chunk, rolls
+    notes = pipeline.read_notes(decoded, len(waveform))
 
 Memory stays bounded on long inputs: features and decoder state exist for one batch of chunks at a time; the 16 kHz
-waveform (230 MB per hour) and, for "frames", the head's float16 probabilities (160 MB per hour) are held whole.
+waveform (230 MB per hour) and, for "frames", the head's float16 rolls (160 MB per hour) are held whole.
 """
 from __future__ import annotations
 
@@ -22,8 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
-from .tokens import gm
+from .errors import UserError, first_line
+from .files import atomic_path
+from .tokens import gm, vocab
+from .tokens.frames import FRAME_THRESHOLD, N_KEYS, ONSET_THRESHOLD, frame_seconds, hybrid_notes
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".opus")
 DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "default_model.safetensors"
@@ -37,6 +46,17 @@ class TranscribeResult:
 
     written: list = field(default_factory=list)  # (input, output MIDI, notes, seconds of audio)
     failed: list = field(default_factory=list)  # (input, reason)
+
+
+@dataclass
+class Decoded:
+    """What the model decoded from one file's chunks."""
+
+    tokens: list[np.ndarray]
+    """Each chunk's token ids, int64, ending with EOS (or cut at the model's max_tokens)."""
+    rolls: np.ndarray | None = None
+    """float16 [chunks, frames, 2, N_KEYS]: the aux head's onset and active probabilities from the same encoder
+    pass (with_rolls); None: the notes are read from the tokens alone."""
 
 
 def parse_instruments(spec: str | None) -> list[int] | None:
@@ -89,14 +109,15 @@ def resolve_device(device: str):
     return torch.device(device)
 
 
-class Transcriber:
-    """A loaded model with its features and audio config, ready to transcribe waveforms."""
+class Pipeline:
+    """A loaded model with its features and audio config, ready to transcribe waveforms (the nn.Module it drives
+    is model.transcriber.Transcriber)."""
 
     def __init__(self, model_path: str | os.PathLike | None = None, device: str = "auto",
                  onset_threshold: float | None = None, frame_threshold: float | None = None):
         import torch
 
-        from .config import FRAME_THRESHOLD, ONSET_THRESHOLD, AudioConfig, FeatureConfig
+        from .config import AudioConfig, FeatureConfig
         from .model.features import LogMel
         from .model.io import load_model
 
@@ -114,7 +135,7 @@ class Transcriber:
         self.features = LogMel(self.feature_cfg, self.audio_cfg).to(self.device)
         self.time_encoding = self.model.cfg.time_encoding
         self.has_frame_head = self.model.frame_head is not None
-        self.frame_seconds = self.feature_cfg.hop_length / self.audio_cfg.sample_rate
+        self.frame_seconds = frame_seconds(self.feature_cfg, self.audio_cfg)
         # bf16 inference where the GPU supports it (design Step 2 §8); the CPU keeps fp32 for exactness.
         self.dtype = torch.bfloat16 if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
         if self.dtype != torch.float32:
@@ -142,60 +163,61 @@ class Transcriber:
         return notes_from
 
     def decode_chunks(self, chunks: np.ndarray, programs=None, batch_size: int | None = None, beam: int = 1,
-                      use_cache: bool = True, progress=None, frames: bool = False):
-        """[n, chunk_samples] prepared audio -> each chunk's token ids (ending with EOS); with frames=True also the
-        frame head's probabilities, float16 [n, frames, 2, 88] (onset, active), from the same encoder pass."""
+                      use_cache: bool = True, progress=None, with_rolls: bool = False) -> Decoded:
+        """[n, chunk_samples] prepared audio -> each chunk's token ids, and with with_rolls the frame head's rolls."""
         import torch
 
-        batch_size = batch_size or (len(chunks) if self.device.type == "cuda" else CPU_BATCH)
-        out, probs = [], []
+        from .model.generate import Search, generate
+
+        batch_size = batch_size or (max(1, len(chunks)) if self.device.type == "cuda" else CPU_BATCH)
+        search = Search(beam_size=beam, use_cache=use_cache)  # the grammar keeps every chunk well formed
+        tokens, rolls = [], []
         for start in range(0, len(chunks), batch_size):
             audio = torch.from_numpy(np.ascontiguousarray(chunks[start:start + batch_size])).to(self.device)
             with torch.no_grad():
                 feats = self.features(audio.float()).to(self.dtype)
                 instruments = self.instrument_tensor(programs, len(audio))
-                # the grammar keeps every chunk well formed; --instruments also limits what it may write
-                tokens = self.model.generate(feats, instruments, beam_size=beam, use_cache=use_cache,
-                                             constrain=True, allowed=instruments, return_frames=frames)
-            if frames:
-                tokens, frame_probs = tokens
-                probs.append(frame_probs.to(torch.float16).cpu().numpy())
-            out += [_trim(row) for row in tokens.cpu().numpy()]
+                # --instruments also limits what the grammar lets each chunk write
+                out = generate(self.model, feats, instruments, allowed=instruments, search=search,
+                               with_rolls=with_rolls)
+            if with_rolls:
+                rolls.append(out.rolls.to(torch.float16).cpu().numpy())
+            tokens += [_trim(row) for row in out.tokens.cpu().numpy()]
             if progress is not None:
                 progress.update(len(audio))
-        if frames:
-            return out, np.concatenate(probs) if probs else np.zeros((0, self.feature_cfg.frames, 2, 88), np.float16)
-        return out
+        if not with_rolls:
+            return Decoded(tokens)
+        if not rolls:
+            return Decoded(tokens, np.zeros((0, self.feature_cfg.frames, 2, N_KEYS), np.float16))
+        return Decoded(tokens, np.concatenate(rolls))
 
     def transcribe_audio(self, audio: np.ndarray, seed_key: str, programs=None, batch_size=None, beam: int = 1,
                          use_cache: bool = True, progress=None, notes_from: str | None = None):
         """16 kHz mono waveform -> (Notes, number of chunks). notes_from: "frames", "tokens" or None (the model's
         default, see notes_source)."""
         source = self.notes_source(notes_from)
-        tokens, probs = self.decode_audio(audio, seed_key, programs, batch_size, beam, use_cache, progress,
-                                          frames=source == "frames")
-        return self.read_notes(tokens, probs, len(audio), programs), len(tokens)
+        decoded = self.decode_audio(audio, seed_key, programs, batch_size, beam, use_cache, progress,
+                                    with_rolls=source == "frames")
+        return self.read_notes(decoded, len(audio), programs), len(decoded.tokens)
 
     def decode_audio(self, audio: np.ndarray, seed_key: str, programs=None, batch_size=None, beam: int = 1,
-                     use_cache: bool = True, progress=None, frames: bool = False):
-        """16 kHz mono waveform -> (each chunk's token ids, the frame head's probabilities or None)."""
+                     use_cache: bool = True, progress=None, with_rolls: bool = False) -> Decoded:
+        """16 kHz mono waveform -> the offline chain -> chunks -> decode_chunks."""
         from .data.audio import chunk, prepare
 
         chunks = chunk(prepare(audio, self.audio_cfg, seed_key), self.audio_cfg)
-        decoded = self.decode_chunks(chunks, programs, batch_size, beam, use_cache, progress, frames=frames)
-        return decoded if frames else (decoded, None)
+        return self.decode_chunks(chunks, programs, batch_size, beam, use_cache, progress, with_rolls=with_rolls)
 
-    def read_notes(self, tokens, probs, n_samples: int, programs=None):
-        """Decoded chunks -> Notes of a file of n_samples: from the tokens alone (probs None) or hybrid."""
-        from .frames import hybrid_notes
+    def read_notes(self, decoded: Decoded, n_samples: int, programs=None):
+        """Decoded chunks -> Notes of a file of n_samples: hybrid when decoded has rolls, else the tokens alone."""
         from .tokens.codec import decode_tokens
 
         duration = n_samples / self.audio_cfg.sample_rate
-        notes, _ = decode_tokens(tokens, chunk_seconds=self.audio_cfg.chunk_seconds,
+        notes, _ = decode_tokens(decoded.tokens, chunk_seconds=self.audio_cfg.chunk_seconds,
                                  time_encoding=self.time_encoding, end_s=duration)
-        if probs is not None:
-            probs = probs.reshape(-1, 2, probs.shape[-1])  # chunks are back to back: one timeline
-            notes = hybrid_notes(probs[:, 0], probs[:, 1], self.frame_seconds, notes, programs,
+        if decoded.rolls is not None:
+            rolls = decoded.rolls.reshape(-1, 2, N_KEYS)  # chunks are back to back: one timeline
+            notes = hybrid_notes(rolls[:, 0], rolls[:, 1], self.frame_seconds, notes, programs,
                                  self.onset_threshold, self.frame_threshold)
         # the last chunk is zero-padded past the file's end: nothing can start there
         notes = notes.select(notes.onset < duration)
@@ -213,19 +235,18 @@ def _threshold(option: str, value: float | None, default: float) -> float:
 
 def _trim(row: np.ndarray) -> np.ndarray:
     """One generated row -> its ids up to and including the first EOS (PAD after it dropped)."""
-    eos = np.flatnonzero(row == 1)
-    return row[: eos[0] + 1] if len(eos) else row[row != 0]
+    eos = np.flatnonzero(row == vocab.EOS)
+    return row[: eos[0] + 1] if len(eos) else row[row != vocab.PAD]
 
 
 def write_csv(notes, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    """A note list, one row per note, with the instrument's General MIDI name."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["onset_s", "offset_s", "pitch", "velocity", "program", "instrument"])
         for i in range(len(notes)):
             w.writerow([f"{notes.onset[i]:.4f}", f"{notes.offset[i]:.4f}", int(notes.pitch[i]),
                         int(notes.velocity[i]), int(notes.program[i]), gm.program_name(int(notes.program[i]))])
-    os.replace(tmp, path)
 
 
 def write_plot(notes, path: Path, title: str) -> None:
@@ -248,10 +269,9 @@ def write_plot(notes, path: Path, title: str) -> None:
     ax.set_title(title)
     if len(notes):
         ax.legend(loc="upper right", fontsize=8)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")  # the temporary name's suffix is not .png
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def transcribe(inputs, out, model=None, instruments: str | None = None, device: str = "auto",
@@ -271,21 +291,22 @@ def transcribe(inputs, out, model=None, instruments: str | None = None, device: 
     programs = parse_instruments(instruments)
     files = collect_inputs(inputs)
     outputs = output_paths(files, Path(out))
-    engine = Transcriber(model, device, onset_threshold, frame_threshold)
-    engine.notes_source(notes_from)  # a bad --notes fails before any file is read
+    pipeline = Pipeline(model, device, onset_threshold, frame_threshold)
+    pipeline.notes_source(notes_from)  # a bad --notes fails before any file is read
     result = TranscribeResult()
     bar = tqdm(total=0, unit="chunk", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     for src, dst in zip(files, outputs):
         bar.set_description(src.name)
         try:
-            audio = load_audio(src, engine.audio_cfg.sample_rate)
-            n_chunks = -(-len(audio) // engine.audio_cfg.chunk_samples)
+            audio = load_audio(src, pipeline.audio_cfg.sample_rate)
+            n_chunks = -(-len(audio) // pipeline.audio_cfg.chunk_samples)
             bar.total += n_chunks
             bar.refresh()
-            notes, _ = engine.transcribe_audio(audio, src.stem, programs, batch_size, beam, progress=bar,
-                                               notes_from=notes_from)
+            notes, _ = pipeline.transcribe_audio(audio, src.stem, programs, batch_size, beam, progress=bar,
+                                                 notes_from=notes_from)
         except UserError as e:
-            reason = str(e) if str(src) in str(e) else f"{src}: {e}"
+            message = first_line(e)
+            reason = message if str(src) in message else f"{src}: {message}"
             result.failed.append((str(src), reason))
             if len(files) > 1:
                 bar.write(f"mt3ds: skipped {reason}", file=sys.stderr)
@@ -296,6 +317,6 @@ def transcribe(inputs, out, model=None, instruments: str | None = None, device: 
             write_csv(notes, dst.with_suffix(".csv"))
         if plot:
             write_plot(notes, dst.with_suffix(".png"), src.name)
-        result.written.append((str(src), str(dst), len(notes), len(audio) / engine.audio_cfg.sample_rate))
+        result.written.append((str(src), str(dst), len(notes), len(audio) / pipeline.audio_cfg.sample_rate))
     bar.close()
     return result

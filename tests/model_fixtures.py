@@ -8,8 +8,10 @@ import torch
 from mt3ds.model.config import ModelConfig
 from mt3ds.model.transcriber import IGNORE, Transcriber
 from mt3ds.tokens import vocab
+from mt3ds.tokens.frames import N_KEYS
 
-FRAMES = 32  # fewer than the 256 of a real chunk: the model takes any length, and the tests stay fast
+N_FRAMES = 32  # fewer than the 256 of a real chunk: the model takes any length, and the tests stay fast
+POSITIONS = ("sinusoidal", "learned", "rope", "alibi")
 
 
 def tiny(**overrides) -> ModelConfig:
@@ -17,8 +19,14 @@ def tiny(**overrides) -> ModelConfig:
     return ModelConfig.preset("tiny", **{"resid_dropout": 0.0, "mlp_dropout": 0.0, **overrides})
 
 
-def features(batch: int, frames: int = FRAMES, seed: int = 0) -> torch.Tensor:
-    return torch.randn(batch, frames, 512, generator=torch.Generator().manual_seed(seed))
+def build(seed: int = 0, **overrides) -> Transcriber:
+    """A tiny model (tiny() with overrides) with seeded weights, in eval mode."""
+    torch.manual_seed(seed)
+    return Transcriber(tiny(**overrides)).eval()
+
+
+def features(batch: int, n_frames: int = N_FRAMES, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, n_frames, 512, generator=torch.Generator().manual_seed(seed))
 
 
 def instruments(*sets: list[int]) -> torch.Tensor:
@@ -29,9 +37,9 @@ def instruments(*sets: list[int]) -> torch.Tensor:
     return out
 
 
-def token_batch(lengths: list[int], seed: int = 1, frames: int = FRAMES) -> dict:
+def token_batch(lengths: list[int], seed: int = 1, n_frames: int = N_FRAMES) -> dict:
     """The loader's batch contract: tokens PAD-padded, EOS-terminated; decoder_input = [PAD] + tokens[:-1];
-    labels -100 on padding; attention_mask; frame rolls [B, frames, 88]."""
+    labels -100 on padding; attention_mask; frame rolls [B, n_frames, N_KEYS]."""
     g = torch.Generator().manual_seed(seed)
     B, T = len(lengths), max(lengths)
     tokens = torch.full((B, T), vocab.PAD, dtype=torch.long)
@@ -44,8 +52,8 @@ def token_batch(lengths: list[int], seed: int = 1, frames: int = FRAMES) -> dict
             "labels": tokens.masked_fill(~mask, IGNORE),
             "attention_mask": mask,
             "instruments": instruments(*[[i % 129] for i in range(B)]),
-            "frame_onsets": (torch.rand(B, frames, 88, generator=g) < 0.02).float(),
-            "frame_active": (torch.rand(B, frames, 88, generator=g) < 0.1).float()}
+            "frame_onsets": (torch.rand(B, n_frames, N_KEYS, generator=g) < 0.02).float(),
+            "frame_active": (torch.rand(B, n_frames, N_KEYS, generator=g) < 0.1).float()}
 
 
 MEMORIZED_LENGTHS = [3, 6, 9, 13]

@@ -1,16 +1,41 @@
-"""Hybrid transcription's note reading (mt3ds/frames.py): onset peaks and active runs from the frame head's
-probabilities, programs from the decoded notes."""
+"""The 88-key rolls (mt3ds/tokens/frames.py): frame timing, and hybrid transcription's note reading: onset peaks and
+active runs from the frame head's probabilities, programs from the decoded notes."""
 import numpy as np
 import pytest
 
-from mt3ds.frames import assign_programs, frame_notes, hybrid_notes
+from mt3ds.config import AudioConfig, FeatureConfig
+from mt3ds.tokens.codec import encode_notes
+from mt3ds.tokens.frames import (LOWEST_PITCH, N_KEYS, assign_programs, frame_notes, frame_seconds, frame_targets,
+                                 hybrid_notes)
 from mt3ds.tokens.notes import Notes
 
 FRAME = 0.008
 
 
 def rolls(n_frames=100):
-    return np.zeros((n_frames, 88), np.float32), np.zeros((n_frames, 88), np.float32)
+    return np.zeros((n_frames, N_KEYS), np.float32), np.zeros((n_frames, N_KEYS), np.float32)
+
+
+def test_keys_and_frame_timing():
+    assert N_KEYS == 88 and LOWEST_PITCH == 21  # A0..C8, the piano
+    assert frame_seconds() == FRAME == 128 / 16000  # one log-mel hop
+    # a chunk's frames tile it exactly, so rolls of consecutive chunks make one timeline
+    assert frame_seconds() * FeatureConfig().frames == AudioConfig().chunk_seconds
+    assert frame_seconds(FeatureConfig(hop_length=256), AudioConfig(sample_rate=32000)) == FRAME
+
+
+def test_targets_read_back_as_their_notes():
+    """frame_targets then frame_notes (the rolls as probabilities 0/1): each pitched note comes back to within a
+    frame, the drum is left out (it has no roll)."""
+    truth = Notes([0.1, 0.5, 1.2, 0.7], [0.4, 1.5, 1.3, 0.8], [60, 64, 108, 38], [80, 80, 80, 80], [0, 33, 0, 128])
+    ids = encode_notes(truth, n_chunks=1, time_encoding="delta").chunks()[0]
+    onsets, active = frame_targets(ids)
+    assert onsets.shape == active.shape == (FeatureConfig().frames, N_KEYS) and onsets.sum() == 3
+    notes = frame_notes(onsets, active, frame_seconds())
+    pitched = truth.select(~truth.is_drum).sorted()
+    assert notes.pitch.tolist() == pitched.pitch.tolist()
+    np.testing.assert_allclose(notes.onset, pitched.onset, atol=FRAME)
+    np.testing.assert_allclose(notes.offset, pitched.offset, atol=FRAME)
 
 
 def test_onset_peaks_and_active_runs_make_notes():

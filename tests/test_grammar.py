@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from mt3ds.model.generate import Search, beam_search, generate
 from mt3ds.model.grammar import CHUNK_STEPS, MAX_STEP, TokenGrammar
 from mt3ds.model.transcriber import Transcriber
 from mt3ds.tokens import vocab as V
@@ -265,17 +266,18 @@ def check_output(tokens: torch.Tensor, encoding: str) -> list[np.ndarray]:
 @pytest.mark.parametrize("encoding", ENCODINGS)
 def test_greedy_under_the_grammar_is_well_formed(encoding):
     model = noisy_model(encoding)
-    free = model.generate(features(8), max_len=96, constrain=False)
+    free = generate(model, features(8), search=Search(max_len=96, constrain=False)).tokens
     _, stats = decode_tokens([r for r in free.numpy()], time_encoding=encoding)
     assert stats.malformed > 0  # the same noise, unconstrained, writes garbage
-    rows = check_output(model.generate(features(8), max_len=96), encoding)
+    rows = check_output(generate(model, features(8), search=Search(max_len=96)).tokens, encoding)
     assert sum(len(r) for r in rows) > 8 * 20
 
 
 def test_greedy_writes_only_allowed_instruments():
     model = noisy_model("absolute", seed=1)
     sets = [[0, 33], [128], [40, 41, 128], [5]]
-    rows = check_output(model.generate(features(4), max_len=128, allowed=instruments(*sets)), "absolute")
+    out = generate(model, features(4), allowed=instruments(*sets), search=Search(max_len=128))
+    rows = check_output(out.tokens, "absolute")
     seen_programs = 0
     for row, programs in zip(rows, sets):
         written = set((row[(row >= V.PROGRAM.first_id) & (row <= V.PROGRAM.last_id)] - V.PROGRAM.first_id).tolist())
@@ -289,8 +291,8 @@ def test_greedy_writes_only_allowed_instruments():
 @pytest.mark.parametrize("encoding", ENCODINGS)
 def test_beam_search_under_the_grammar_is_well_formed(encoding):
     model = noisy_model(encoding, seed=2)
-    out = model.generate(features(3), max_len=64, beam_size=3, allowed=instruments([0, 128], [], [40]))
-    rows = check_output(out, encoding)
+    out = generate(model, features(3), allowed=instruments([0, 128], [], [40]), search=Search(max_len=64, beam_size=3))
+    rows = check_output(out.tokens, encoding)
     programs = set((rows[2][(rows[2] >= V.PROGRAM.first_id) & (rows[2] <= V.PROGRAM.last_id)]
                     - V.PROGRAM.first_id).tolist())
     assert programs <= {40}
@@ -300,7 +302,9 @@ def test_beam_of_one_equals_greedy_under_the_grammar():
     torch.manual_seed(0)
     model = Transcriber(tiny()).eval()
     feats, sets = features(3), instruments([0], [128], [])
-    greedy = model.generate(feats, max_len=40, allowed=sets)
+    greedy = generate(model, feats, allowed=sets, search=Search(max_len=40)).tokens
     grammar = TokenGrammar(3, "cpu", model.cfg.time_encoding, allowed=sets)
-    assert torch.equal(model._beam(model.encode(feats), None, 40, True, 1, 1.0, grammar), greedy)
+    with torch.no_grad():
+        beam = beam_search(model, model.encode(feats), None, Search(max_len=40), grammar).tokens  # K = 1
+    assert torch.equal(beam, greedy)
     check_output(greedy, model.cfg.time_encoding)

@@ -1,30 +1,19 @@
-"""The transcriber: cached decoding equals uncached decoding, causality, conditioning, beam search, losses,
-forced attention backends, activation checkpointing and bf16 weights."""
+"""The transcriber module: shapes, causality, conditioning, losses, forced attention backends, activation
+checkpointing and bf16 weights. Generation (greedy, beam, the KV cache) is tested in test_generate.py."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 from mt3ds.model import attention as A
 from mt3ds.model.conditioning import UNKNOWN, instrument_sequence
-from mt3ds.model.config import ModelConfig
-from mt3ds.model.transcriber import IGNORE, Transcriber
+from mt3ds.model.generate import Search, generate
+from mt3ds.model.transcriber import IGNORE
 from mt3ds.tokens import vocab
+from mt3ds.tokens.frames import N_KEYS
 
-from model_fixtures import MEMORIZED_LENGTHS, features, instruments, memorized, tiny, token_batch
+from model_fixtures import N_FRAMES, POSITIONS, build, features, instruments, token_batch
 
-POSITIONS = ("sinusoidal", "learned", "rope", "alibi")
 CONDITIONING = ("decoder_pool", "encoder_film", "dual_stream")
-
-
-def build(seed=0, **overrides) -> Transcriber:
-    torch.manual_seed(seed)
-    return Transcriber(tiny(**overrides)).eval()
-
-
-@pytest.fixture(scope="module", params=POSITIONS)
-def trained(request):
-    """A tiny model (each position type) that decodes four memorized sequences ending at EOS at different steps."""
-    return memorized(tiny(positions=request.param))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -36,8 +25,8 @@ def test_forward_shapes_and_fp32_logits():
     batch = token_batch([4, 7])
     logits = model(features(2), batch["decoder_input"])
     assert logits.shape == (2, 7, vocab.VOCAB_SIZE) and logits.dtype == torch.float32
-    logits2, frames = model.run(features(2), batch["decoder_input"])
-    assert torch.equal(logits, logits2) and frames.shape == (2, 32, 2, 88)
+    logits2, roll_logits = model.run(features(2), batch["decoder_input"])
+    assert torch.equal(logits, logits2) and roll_logits.shape == (2, N_FRAMES, 2, N_KEYS)
     with pytest.raises(ValueError, match=r"features must be \[B, frames, 512\]"):
         model(torch.randn(2, 32, 128), batch["decoder_input"])
 
@@ -69,69 +58,6 @@ def test_changing_future_tokens_leaves_earlier_logits_alone(positions):
     la, lb = model(features(1), a), model(features(1), b)
     torch.testing.assert_close(la[0, :6], lb[0, :6], atol=1e-6, rtol=0)
     assert not torch.allclose(la[0, 6:], lb[0, 6:])
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# generation
-
-
-@pytest.mark.parametrize("positions", POSITIONS)
-@pytest.mark.parametrize("conditioning", ["none", "decoder_pool"])
-@pytest.mark.parametrize("constrain", [False, True])
-def test_cached_equals_uncached_random_model(positions, conditioning, constrain):
-    model = build(positions=positions, conditioning=conditioning)
-    feats, inst = features(3), instruments([0, 33], [128], [])
-    kw = dict(max_len=24, return_logits=True, constrain=constrain, allowed=inst)
-    cached, lc = model.generate(feats, inst, **kw)
-    plain, lp = model.generate(feats, inst, use_cache=False, **kw)
-    assert torch.equal(cached, plain)
-    torch.testing.assert_close(lc, lp, atol=1e-4, rtol=0)
-
-
-# The memorized sequences are random ids, not chunks: these tests decode without the grammar (constrain=False).
-
-
-def test_trained_model_learns_and_decodes_its_sequences(trained):
-    model, feats, batch, curve = trained
-    assert curve[-1] < 0.1 * curve[0]
-    out, logits = model.generate(feats, max_len=20, return_logits=True, constrain=False)
-    # each row stops at its own EOS; finished rows left the batch and hold PAD afterwards
-    assert out.shape == (4, max(MEMORIZED_LENGTHS))
-    assert torch.equal(out, batch["tokens"])
-    plain, plain_logits = model.generate(feats, max_len=20, return_logits=True, use_cache=False, constrain=False)
-    assert torch.equal(plain, out)
-    torch.testing.assert_close(plain_logits, logits, atol=1e-4, rtol=0)
-
-
-def test_beam_size_one_equals_greedy(trained):
-    model, feats, _, _ = trained
-    greedy = model.generate(feats, max_len=20, constrain=False)
-    assert torch.equal(model.generate(feats, max_len=20, beam_size=1, constrain=False), greedy)
-    assert torch.equal(model._beam(model.encode(feats), None, 20, True, 1, 1.0), greedy)  # the beam code path
-
-
-def test_beam_search_cached_equals_uncached_and_finds_the_sequences(trained):
-    model, feats, batch, _ = trained
-    beam = model.generate(feats, max_len=20, beam_size=3, constrain=False)
-    assert torch.equal(beam, batch["tokens"])
-    assert torch.equal(model.generate(feats, max_len=20, beam_size=3, use_cache=False, constrain=False), beam)
-    random = build(seed=3)
-    for constrain in (False, True):
-        a = random.generate(features(2), max_len=12, beam_size=2, constrain=constrain)
-        assert torch.equal(random.generate(features(2), max_len=12, beam_size=2, use_cache=False,
-                                           constrain=constrain), a)
-
-
-def test_generate_arguments_and_training_mode_restored():
-    model = build()
-    model.train()
-    out = model.generate(features(2), max_len=5, ignore_eos=True)
-    assert out.shape == (2, 5) and model.training
-    assert (out != vocab.PAD).all()  # PAD is never emitted: in the output it only ever follows EOS
-    with pytest.raises(ValueError, match="max_len"):
-        model.generate(features(1), max_len=5000)
-    with pytest.raises(ValueError, match="greedy decoding only"):
-        model.generate(features(1), max_len=5, beam_size=2, return_logits=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -239,10 +165,10 @@ def test_aux_frame_loss_adds_weighted_bce():
     model = build(aux_frame_loss=True, aux_frame_weight=0.5)
     batch = token_batch([4, 6])
     loss, m = model.loss(features(2), batch)
-    _, frames = model.run(features(2), batch["decoder_input"])
+    _, roll_logits = model.run(features(2), batch["decoder_input"])
     target = batch["frame_onsets"]
     pw = ((target.numel() - target.sum()) / target.sum()).sqrt()
-    onset = F.binary_cross_entropy_with_logits(frames[:, :, 0], target, pos_weight=pw)
+    onset = F.binary_cross_entropy_with_logits(roll_logits[:, :, 0], target, pos_weight=pw)
     torch.testing.assert_close(m["frame_onset_loss"], onset)
     torch.testing.assert_close(loss, m["token_loss"] + 0.5 * (m["frame_onset_loss"] + m["frame_active_loss"]))
     fixed = build(aux_frame_loss=True, aux_pos_weight=3.0)
@@ -263,7 +189,7 @@ def test_forced_backends_agree(positions):
     for backend in ("math", "sdpa", "flash", "auto"):
         A.force_backend(backend)
         try:
-            results[backend] = (model(feats, dec, inst), model.generate(feats, inst, max_len=8))
+            results[backend] = (model(feats, dec, inst), generate(model, feats, inst, search=Search(max_len=8)).tokens)
         finally:
             A.force_backend(None)
     for backend, (logits, tokens) in results.items():
@@ -293,8 +219,8 @@ def test_bf16_weights_like_deepspeed():
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     loss.backward()
     assert model.tok_emb.weight.grad.dtype == torch.bfloat16
-    out = model.eval().generate(feats, batch["instruments"], max_len=6)
-    assert out.shape[0] == 2
+    out = generate(model.eval(), feats, batch["instruments"], search=Search(max_len=6))
+    assert out.tokens.shape[0] == 2
     # bf16 logits stay close to fp32 logits of the same (bf16-rounded) weights
     ref = model.float()(feats.float(), batch["decoder_input"], batch["instruments"])
     assert (ref - logits).abs().max() < 0.1
@@ -313,6 +239,6 @@ def test_cuda_bf16_flash_model_matches_math():
         finally:
             A.force_backend(None)
     assert (out["flash"] - out["math"]).abs().max() < 5e-2
-    cached = model.generate(feats, max_len=8, return_logits=True)[1]
-    plain = model.generate(feats, max_len=8, return_logits=True, use_cache=False)[1]
+    cached = generate(model, feats, search=Search(max_len=8), with_logits=True).logits
+    plain = generate(model, feats, search=Search(max_len=8, use_cache=False), with_logits=True).logits
     assert (cached - plain).abs().max() < 5e-2

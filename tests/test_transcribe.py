@@ -13,11 +13,12 @@ from mt3ds.config import AudioConfig
 from mt3ds.errors import UserError
 from mt3ds.model.config import ModelConfig
 from mt3ds.model.io import model_meta, save_model
-from mt3ds.model.transcriber import Transcriber as Model
+from mt3ds.model.transcriber import Transcriber
 from mt3ds.tokens.codec import encode_notes
+from mt3ds.tokens.frames import N_KEYS
 from mt3ds.tokens.midi import read_midi
 from mt3ds.tokens.notes import Notes
-from mt3ds.transcribe import Transcriber, parse_instruments
+from mt3ds.transcribe import Decoded, Pipeline, parse_instruments
 
 SR = 16000
 
@@ -29,7 +30,7 @@ def model_path(tmp_path_factory):
     torch.manual_seed(0)
     cfg = ModelConfig.preset("tiny", max_tokens=48, conditioning="decoder_pool", aux_frame_loss=True)
     path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save_model(Model(cfg).state_dict(), path, model_meta(cfg))
+    save_model(Transcriber(cfg).state_dict(), path, model_meta(cfg))
     return path
 
 
@@ -136,21 +137,21 @@ def test_several_inputs_need_an_output_folder(tmp_path, model_path):
 def test_chunks_are_stitched_in_time_with_an_oracle_decoder(model_path, monkeypatch):
     """Replace the network's output with the true tokens of each chunk: the command's chunking, time encoding and
     stitching must then give back the notes, including one held across three chunks."""
-    engine = Transcriber(model_path)
+    pipeline = Pipeline(model_path)
     cfg = AudioConfig()
     truth = Notes([0.1, 1.0, 2.5, 4.3], [0.6, 5.0, 3.0, 4.4], [60, 64, 67, 38], [80, 90, 70, 100], [0, 33, 0, 128])
     audio = np.zeros(int(5.5 * SR), dtype=np.float32)
     n_chunks = -(-len(audio) // cfg.chunk_samples)
-    expected = encode_notes(truth, n_chunks=n_chunks, time_encoding=engine.time_encoding)
+    expected = encode_notes(truth, n_chunks=n_chunks, time_encoding=pipeline.time_encoding)
     calls = []
 
-    def oracle(chunks, programs=None, batch_size=None, beam=1, use_cache=True, progress=None, frames=False):
+    def oracle(chunks, programs=None, batch_size=None, beam=1, use_cache=True, progress=None, with_rolls=False):
         calls.append(len(chunks))
-        assert not frames
-        return expected.chunks()
+        assert not with_rolls
+        return Decoded(expected.chunks())
 
-    monkeypatch.setattr(engine, "decode_chunks", oracle)
-    notes, chunks = engine.transcribe_audio(audio, "oracle", notes_from="tokens")
+    monkeypatch.setattr(pipeline, "decode_chunks", oracle)
+    notes, chunks = pipeline.transcribe_audio(audio, "oracle", notes_from="tokens")
     assert calls == [chunks] == [n_chunks]
     np.testing.assert_allclose(notes.onset, truth.onset, atol=0.005)
     np.testing.assert_allclose(notes.offset[~notes.is_drum], truth.offset[~truth.is_drum], atol=0.005)
@@ -161,28 +162,28 @@ def test_frames_path_with_an_oracle_head_and_decoder(model_path, monkeypatch):
     """--notes frames: give the head's output the true rolls of each chunk and the decoder the true tokens: the
     pitched notes come back from the rolls to within a frame, across chunk boundaries, with the decoded programs,
     and the decoded drums are kept."""
-    from mt3ds.data.loader import frame_targets
+    from mt3ds.tokens.frames import frame_targets
 
-    engine = Transcriber(model_path)
-    assert engine.has_frame_head and engine.notes_source(None) == "frames"
+    pipeline = Pipeline(model_path)
+    assert pipeline.has_frame_head and pipeline.notes_source(None) == "frames"
     cfg = AudioConfig()
     truth = Notes([0.1, 1.0, 2.5, 4.3, 1.5], [0.6, 5.0, 3.0, 4.4, 1.6], [60, 64, 67, 38, 72], [80, 90, 70, 100, 64],
                   [0, 33, 0, 128, 73])
     audio = np.zeros(int(5.5 * SR), dtype=np.float32)
     n_chunks = -(-len(audio) // cfg.chunk_samples)
     canonical = encode_notes(truth, n_chunks=n_chunks, time_encoding="delta").chunks()
-    tokens = encode_notes(truth, n_chunks=n_chunks, time_encoding=engine.time_encoding).chunks()
-    rolls = [frame_targets(ids) for ids in canonical]
-    probs = np.stack([np.stack(r, axis=1) for r in rolls]).astype(np.float16)  # [chunks, frames, 2, 88]
+    tokens = encode_notes(truth, n_chunks=n_chunks, time_encoding=pipeline.time_encoding).chunks()
+    targets = [frame_targets(ids) for ids in canonical]
+    rolls = np.stack([np.stack(r, axis=1) for r in targets]).astype(np.float16)  # [chunks, frames, 2, N_KEYS]
 
-    def oracle(chunks, programs=None, batch_size=None, beam=1, use_cache=True, progress=None, frames=False):
-        assert frames
-        return tokens, probs
+    def oracle(chunks, programs=None, batch_size=None, beam=1, use_cache=True, progress=None, with_rolls=False):
+        assert with_rolls
+        return Decoded(tokens, rolls)
 
-    monkeypatch.setattr(engine, "decode_chunks", oracle)
-    notes, _ = engine.transcribe_audio(audio, "oracle")
+    monkeypatch.setattr(pipeline, "decode_chunks", oracle)
+    notes, _ = pipeline.transcribe_audio(audio, "oracle")
     order = np.argsort(truth.onset)
-    frame = engine.frame_seconds
+    frame = pipeline.frame_seconds
     np.testing.assert_allclose(notes.onset, truth.onset[order], atol=frame)
     pitched = ~truth.is_drum[order]
     np.testing.assert_allclose(notes.offset[pitched], truth.offset[order][pitched], atol=frame)
@@ -194,7 +195,7 @@ def test_notes_from_frames_needs_the_head(tmp_path, model_path, capsys):
     torch.manual_seed(0)
     cfg = ModelConfig.preset("tiny", max_tokens=48, aux_frame_loss=False)
     no_head = tmp_path / "no_head.safetensors"
-    save_model(Model(cfg).state_dict(), no_head, model_meta(cfg))
+    save_model(Transcriber(cfg).state_dict(), no_head, model_meta(cfg))
     src = tmp_path / "a.wav"
     sf.write(src, tones(0.5), SR)
     with pytest.raises(SystemExit) as exit_info:
@@ -202,18 +203,21 @@ def test_notes_from_frames_needs_the_head(tmp_path, model_path, capsys):
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "no aux frame head" in err and "Traceback" not in err
     assert not (tmp_path / "a.mid").exists()
-    assert Transcriber(no_head).notes_source(None) == "tokens"
+    assert Pipeline(no_head).notes_source(None) == "tokens"
     ok = run("transcribe", src, "-o", tmp_path / "b.mid", "--model", model_path, "--notes", "tokens", "--quiet")
     assert ok.exit_code == 0, ok.output
 
 
 def test_decode_chunks_batches_agree(model_path):
-    engine = Transcriber(model_path)
+    pipeline = Pipeline(model_path)
     chunks = np.random.default_rng(0).normal(0, 0.05, (3, AudioConfig().chunk_samples)).astype(np.float32)
-    one = engine.decode_chunks(chunks, batch_size=1)
-    all_ = engine.decode_chunks(chunks, batch_size=3)
-    assert [a.tolist() for a in one] == [b.tolist() for b in all_]
-    assert all(seq[-1] == 1 or len(seq) == 48 for seq in one)
+    one = pipeline.decode_chunks(chunks, batch_size=1)
+    all_ = pipeline.decode_chunks(chunks, batch_size=3, with_rolls=True)
+    assert [a.tolist() for a in one.tokens] == [b.tolist() for b in all_.tokens]
+    assert all(seq[-1] == 1 or len(seq) == 48 for seq in one.tokens)
+    # rolls only when asked: one [frames, 2, N_KEYS] per chunk, float16 (an hour of them is held whole)
+    assert one.rolls is None and all_.rolls.shape == (3, 256, 2, N_KEYS) and all_.rolls.dtype == np.float16
+    assert pipeline.decode_chunks(chunks[:0], with_rolls=True).rolls.shape == (0, 256, 2, N_KEYS)
 
 
 def test_bench_quality_scores_a_split_with_and_without_instruments(tmp_path, model_path):

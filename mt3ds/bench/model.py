@@ -22,7 +22,8 @@ import torch
 
 from ..model import attention as attn
 from ..model.config import ModelConfig
-from ..model.transcriber import Transcriber, _Stepper
+from ..model.generate import Search, Stepper, generate
+from ..model.transcriber import Transcriber
 from ..tokens import vocab
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}  # dense bf16 FLOP/s by device name
@@ -46,22 +47,26 @@ def bench_model(presets=("small", "base"), batch: int = 8, train_tokens: int = 1
         model = model.float().eval()
         model.zero_grad(set_to_none=True)
         features = torch.randn(decode_batch, frames, cfg.n_mels)
-        cached = _time(lambda: model.generate(features, max_len=decode_tokens, ignore_eos=True), 1,
-                       warmup=lambda: model.generate(features, max_len=check_tokens, ignore_eos=True))
+        cached = _time(lambda: _decode(model, features, decode_tokens), 1,
+                       warmup=lambda: _decode(model, features, check_tokens))
         uncached = _uncached_estimate(model, features, decode_tokens)
         n = decode_batch * decode_tokens
         fig[f"{name}_greedy_cached_tok_s"] = n / cached
         fig[f"{name}_greedy_uncached_tok_s_est"] = n / uncached
         fig[f"{name}_kv_cache_speedup"] = uncached / cached
-        short_cached = _time(lambda: model.generate(features, max_len=check_tokens, ignore_eos=True), 1)
-        short_uncached = _time(lambda: model.generate(features, max_len=check_tokens, ignore_eos=True,
-                                                      use_cache=False), 1)
+        short_cached = _time(lambda: _decode(model, features, check_tokens), 1)
+        short_uncached = _time(lambda: _decode(model, features, check_tokens, use_cache=False), 1)
         fig[f"{name}_kv_cache_speedup_{check_tokens}_tokens_measured"] = short_uncached / short_cached
         speedups.append(uncached / cached)
         if torch.cuda.is_available():
             fig.update(_cuda_figures(name, cfg, batch, train_tokens, frames, decode_batch, decode_tokens, repeats))
     fig["kv_cache_speedup"] = min(speedups)
     return fig
+
+
+def _decode(model: Transcriber, features: torch.Tensor, n_tokens: int, use_cache: bool = True) -> None:
+    """Greedy decoding of n_tokens per segment whatever is emitted, as transcribe decodes (grammar on)."""
+    generate(model, features, search=Search(max_len=n_tokens, ignore_eos=True, use_cache=use_cache))
 
 
 def _batch(cfg: ModelConfig, B: int, T: int, S: int, device, dtype) -> tuple[torch.Tensor, dict]:
@@ -94,7 +99,7 @@ def _uncached_estimate(model: Transcriber, features: torch.Tensor, n_tokens: int
         times = []
         token = torch.full((features.shape[0],), vocab.PAD, dtype=torch.long)
         for i, t in enumerate(lengths):
-            step = _Stepper(model, memory, None, n_tokens, use_cache=False)
+            step = Stepper(model, memory, None, n_tokens, use_cache=False)
 
             def one():
                 step.prefix = torch.randint(3, model.cfg.vocab_size, (features.shape[0], t - 1))
@@ -153,7 +158,7 @@ def _cuda_figures(name, cfg, B, T, S, decode_batch, decode_tokens, repeats) -> d
         fig[f"{name}_cuda_mfu_bf16"] = 3 * forward_flops(cfg, B, T, S) / step / peak
     model = model.to(device, torch.bfloat16).eval()
     features = torch.randn(decode_batch, S, cfg.n_mels, device=device, dtype=torch.bfloat16)
-    cached = _time(lambda: model.generate(features, max_len=decode_tokens, ignore_eos=True), 1, device,
-                   warmup=lambda: model.generate(features, max_len=16, ignore_eos=True))
+    cached = _time(lambda: _decode(model, features, decode_tokens), 1, device,
+                   warmup=lambda: _decode(model, features, 16))
     fig[f"{name}_cuda_greedy_cached_bf16_tok_s"] = decode_batch * decode_tokens / cached
     return fig

@@ -58,19 +58,19 @@ def bench_quality(model, dataset: str, root, split: str = "test", limit: int | N
     from ..data.audio import load_audio
     from ..data.index import index
     from ..data.shards import read_target
-    from ..transcribe import Transcriber
+    from ..transcribe import Decoded, Pipeline
 
     records = index(dataset, root, [split]).records[:limit]
     if not records:
         from ..errors import UserError
         raise UserError(f"{root}: no {split} tracks of dataset {dataset}")
-    engine = Transcriber(model, device)
+    pipeline = Pipeline(model, device)
     refs = [read_target(r) for r in records]
     audio_s = sum(r.duration_s for r in records)
     fig = {"model": str(model or "bundled default"), "dataset": dataset, "split": split, "tracks": len(records),
            "audio_seconds": round(audio_s, 1)}
 
-    hybrid = engine.notes_source(None) == "frames"
+    hybrid = pipeline.notes_source(None) == "frames"
     fig["mt3ds_notes_from"] = "frames" if hybrid else "tokens"
 
     def run(with_instruments: bool):
@@ -79,13 +79,13 @@ def bench_quality(model, dataset: str, root, split: str = "test", limit: int | N
         ests, tokens_only, elapsed = [], [], 0.0
         for r in records:
             t0 = time.perf_counter()
-            audio = load_audio(r.audio_path, engine.audio_cfg.sample_rate)
+            audio = load_audio(r.audio_path, pipeline.audio_cfg.sample_rate)
             programs = sorted(set(r.instrument_programs)) if with_instruments else None
-            tokens, probs = engine.decode_audio(audio, r.track_id, programs, frames=hybrid)
-            ests.append(engine.read_notes(tokens, probs, len(audio), programs))
+            decoded = pipeline.decode_audio(audio, r.track_id, programs, with_rolls=hybrid)
+            ests.append(pipeline.read_notes(decoded, len(audio), programs))
             elapsed += time.perf_counter() - t0
-            if hybrid:
-                tokens_only.append(engine.read_notes(tokens, None, len(audio), programs))
+            if hybrid:  # the same decode without its rolls: read from the tokens alone
+                tokens_only.append(pipeline.read_notes(Decoded(decoded.tokens), len(audio), programs))
         return ests, tokens_only if hybrid else None, elapsed
 
     ests, tokens_only, elapsed = run(False)

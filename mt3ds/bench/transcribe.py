@@ -56,39 +56,39 @@ def bench_transcribe(model=None, seconds: float = 60.0, uncached_chunks: int = 2
     import torch
 
     from ..data.audio import chunk, load_audio, prepare
-    from ..transcribe import Transcriber
+    from ..transcribe import Pipeline
 
-    engine = Transcriber(model, device)
-    cfg = engine.audio_cfg
+    pipeline = Pipeline(model, device)
+    cfg = pipeline.audio_cfg
     with tempfile.TemporaryDirectory() as tmp:
         path, warm = Path(tmp) / "bench.wav", Path(tmp) / "warm.wav"
         render_test_file(path, seconds)
         render_test_file(warm, 3.0, seed=1)
 
-        hybrid = engine.notes_source(None) == "frames"  # transcribe's default reading of this model
+        hybrid = pipeline.notes_source(None) == "frames"  # transcribe's default reading of this model
 
         def run(batch_size, use_cache, limit=None):
             t0 = time.perf_counter()
             audio = load_audio(path, cfg.sample_rate)
             if limit is not None:
                 audio = audio[:limit * cfg.chunk_samples]
-            tokens, probs = engine.decode_audio(audio, "bench", batch_size=batch_size, use_cache=use_cache,
-                                                frames=hybrid)
-            notes = engine.read_notes(tokens, probs, len(audio))
+            decoded = pipeline.decode_audio(audio, "bench", batch_size=batch_size, use_cache=use_cache,
+                                            with_rolls=hybrid)
+            notes = pipeline.read_notes(decoded, len(audio))
             write_midi(notes, Path(tmp) / "out.mid")
             elapsed = time.perf_counter() - t0
             audio_s = seconds if limit is None else min(seconds, limit * cfg.chunk_seconds)
-            return elapsed / audio_s, len(tokens), int(sum(len(t) for t in tokens)), len(notes)
+            return elapsed / audio_s, len(decoded.tokens), int(sum(len(t) for t in decoded.tokens)), len(notes)
 
-        engine.decode_chunks(chunk(prepare(load_audio(warm, cfg.sample_rate), cfg, "w"), cfg))  # warm-up
+        pipeline.decode_chunks(chunk(prepare(load_audio(warm, cfg.sample_rate), cfg, "w"), cfg))  # warm-up
         rtf_all, n_chunks, n_tokens, n_notes = run(None, True)
         rtf_one, *_ = run(1, True)
         rtf_uncached, *_ = run(None, False, limit=uncached_chunks)
         rtf_bp = _basic_pitch_rtf(path, seconds, warm)
     return {
         "model": str(model or "bundled default"),
-        "params": engine.model.num_params(),
-        "device": str(engine.device),
+        "params": pipeline.model.num_params(),
+        "device": str(pipeline.device),
         "notes_from": "frames" if hybrid else "tokens",
         "threads": torch.get_num_threads(),
         "audio_seconds": seconds,

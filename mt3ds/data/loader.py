@@ -36,16 +36,16 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ..config import AudioConfig, FeatureConfig
+from ..config import AudioConfig
 from ..errors import UserError, first_line
 from ..tokens import vocab
-from ..tokens.codec import decode_tokens, quantize_velocities, to_absolute
+from ..tokens.codec import quantize_velocities, to_absolute
+from ..tokens.frames import frame_targets
 from .augment import AugmentConfig, Augmenter
 from .samples import MANIFEST, Manifest, Sample
 
 IGNORE_INDEX = -100  # labels at PAD positions: ignored by cross-entropy
 N_INSTRUMENTS = vocab.DRUM_PROGRAM + 1  # programs 0..127 and drums as 128
-N_KEYS = vocab.MAX_PITCH - vocab.MIN_PITCH + 1  # 88 piano keys in the frame rolls
 
 log = logging.getLogger(__name__)
 
@@ -254,36 +254,6 @@ def _decode_stage(skips: _Skips):
 
 # ----------------------------------------------------------------------------------------------------------------
 # Batches
-
-def frame_targets(ids: np.ndarray, features: FeatureConfig = FeatureConfig(),
-                  audio: AudioConfig = AudioConfig()) -> tuple[np.ndarray, np.ndarray]:
-    """One chunk's canonical (delta) ids -> onset and active rolls, float32 [frames, 88] (decisions §5).
-
-    Frame t covers [t * hop / sr, (t + 1) * hop / sr). Onsets: the frame holding each note's onset; a note tied in
-    from the previous chunk has no onset here. Active: every frame overlapping [onset, offset), tied notes from the
-    chunk start, notes still sounding at the end to the last frame. Drums are left out: they have no pitch to roll
-    and no duration (their onsets are learned from the tokens alone).
-    """
-    frame_s = features.hop_length / audio.sample_rate
-    chunk_s = audio.chunk_seconds
-    rolls = []
-    for tie_starts_notes in (False, True):  # False: only notes that start here; True: tied notes too
-        notes, _ = decode_tokens([ids], chunk_seconds=chunk_s, tie_starts_notes=tie_starts_notes)
-        rolls.append(notes.select(notes.program != vocab.DRUM_PROGRAM))
-    starting, sounding = rolls
-    onsets = np.zeros((features.frames, N_KEYS), dtype=np.float32)
-    t = np.floor(starting.onset / frame_s + 1e-6).astype(np.int64)
-    ok = (t >= 0) & (t < features.frames)
-    onsets[t[ok], starting.pitch[ok] - vocab.MIN_PITCH] = 1.0
-    first = np.clip(np.floor(sounding.onset / frame_s + 1e-6).astype(np.int64), 0, features.frames)
-    stop = np.clip(np.ceil(sounding.offset / frame_s - 1e-6).astype(np.int64), 0, features.frames)  # exclusive
-    edges = np.zeros((features.frames + 1, N_KEYS), dtype=np.int32)
-    keys = sounding.pitch - vocab.MIN_PITCH
-    np.add.at(edges, (first, keys), 1)
-    np.add.at(edges, (np.maximum(stop, first), keys), -1)
-    active = (np.cumsum(edges[:-1], axis=0) > 0).astype(np.float32)
-    return onsets, active
-
 
 def collate(samples: list[dict], time_encoding: str = "absolute", aux_frame_loss: bool = False,
             velocity_bins: int | None = None) -> dict:

@@ -18,7 +18,6 @@ CONDITIONING = ("none", "decoder_pool", "encoder_film", "dual_stream")
 POOLS = ("mean", "attention")
 TIME_ENCODINGS = ("absolute", "delta")
 N_INSTRUMENTS = 129  # programs 0..127 and drums as 128 (decisions §1)
-N_KEYS = vocab.MAX_PITCH - vocab.MIN_PITCH + 1  # 88 piano keys for the aux frame rolls
 
 
 @dataclass(frozen=True)
@@ -78,7 +77,7 @@ class ModelConfig:
     # aux frame head (decisions §5)
     aux_frame_loss: bool = False
     """Add a head on the encoder output predicting onset and active 88-key rolls per frame: a training loss, and the
-    notes of hybrid transcription (`transcribe --notes frames`, mt3ds/frames.py)."""
+    notes of hybrid transcription (`transcribe --notes frames`, mt3ds/tokens/frames.py)."""
     aux_frame_weight: float = 1.0
     """Weight of the aux BCE (onset + active) added to the token loss."""
     aux_pos_weight: float | None = None

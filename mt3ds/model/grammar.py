@@ -20,7 +20,7 @@ and inside an item its largest completion (pitch 108, drum 108) is. When the key
     grammar = TokenGrammar(batch, device, "absolute", allowed=instruments)
     token = grammar.mask(logits).argmax(-1)   # -inf on every token that would make a sequence malformed
     grammar.advance(token)
-    grammar.select(keep)                       # drop or reorder sequences, as _Stepper.select does
+    grammar.select(keep)                       # drop or reorder sequences, as Stepper.select does (generate.py)
 
 Every state is a tensor over the batch: one step costs a few [B, vocab] comparisons, no loop over sequences.
 """

@@ -3,8 +3,8 @@
     log-mel [B, S, 512] -> learnable frequency LayerNorm -> linear -> (+ positions) -> encoder blocks -> memory
     tokens  [B, T]      -> embedding * sqrt(d) (+ positions, + instrument hint) -> decoder blocks
                            (causal self-attention, cross-attention to memory, MLP) -> LM head (fp32) -> logits
-    memory              -> optional aux frame head: onset and active 88-key rolls per frame (a training loss, and
-                           the notes of hybrid transcription: mt3ds/frames.py)
+    memory              -> optional aux frame head: onset and active key rolls per frame (a training loss, and
+                           the notes of hybrid transcription: mt3ds/tokens/frames.py)
 
 The decoder starts from PAD (T5/MT3): decoder_input = [PAD] + tokens[:-1]. The LM head, the softmax and the losses
 run in fp32 even when the weights are bf16 (DeepSpeed bf16 casts weights, not activations: design Step 2 §1).
@@ -12,9 +12,9 @@ run in fp32 even when the weights are bf16 (DeepSpeed bf16 casts weights, not ac
     model = Transcriber(ModelConfig.preset("small"))
     logits = model(features, decoder_input, instruments)              # fp32 [B, T, 1437]
     loss, metrics = model.loss(features, batch, label_smoothing=0.1)  # or engine(features, batch=batch, ...)
-    tokens = model.generate(features, instruments, beam_size=1)       # int64 [B, L], EOS then PAD
 
-Decoding is grammar-constrained by default (model/grammar.py): every emitted chunk parses.
+Generation (greedy, beam search, the stepper) lives beside the model in model/generate.py; the model gives it one
+decoder step: `new_cache`, `decode` with the cache, `logits`.
 """
 from __future__ import annotations
 
@@ -26,11 +26,11 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from ..tokens import vocab
+from ..tokens.frames import N_KEYS
 from .attention import KVCache
 from .blocks import DecoderBlock, EncoderBlock, Positions, make_norm
 from .conditioning import DecoderPool, DualStream, EncoderFilm, make_conditioning
-from .config import N_KEYS, ModelConfig
-from .grammar import MAX_STEP, TokenGrammar
+from .config import ModelConfig
 
 IGNORE = -100  # label of padding positions (the loader's contract)
 
@@ -124,7 +124,18 @@ class Transcriber(nn.Module):
             cache.advance(T)
         return self.dec_norm(x)
 
+    def new_cache(self, memory: torch.Tensor, max_len: int) -> KVCache:
+        """An empty KV cache for decoding up to max_len tokens per row of memory (B, S, d_model), holding each
+        decoder layer's cross-attention keys and values: computed here, once per segment."""
+        cfg = self.cfg
+        cache = KVCache(cfg.dec_layers, memory.shape[0], cfg.heads, max_len, cfg.head_dim, device=memory.device,
+                        dtype=memory.dtype)
+        for i, block in enumerate(self.dec_blocks):
+            cache.cross[i] = block.cross_attn.attn.project_kv(memory)  # (B, H, S, D) each
+        return cache
+
     def decoder_hint(self, instruments: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+        """decoder_pool conditioning: the instrument set as one vector added to every decoder position (else None)."""
         return self.cond(instruments, batch) if isinstance(self.cond, DecoderPool) else None
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -134,22 +145,22 @@ class Transcriber(nn.Module):
 
     def run(self, features: torch.Tensor, decoder_input: torch.Tensor, instruments: torch.Tensor | None = None
             ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Teacher-forced pass: (logits fp32 (B, T, vocab), frame logits fp32 (B, S, 2, 88) or None)."""
+        """Teacher-forced pass: (logits fp32 (B, T, vocab), roll logits fp32 (B, S, 2, N_KEYS) or None)."""
         memory = self.encode(features, instruments)
         hidden = self.decode(decoder_input, memory, self.decoder_hint(instruments, features.shape[0]))
-        frames = None
+        roll_logits = None
         if self.frame_head is not None:
-            frames = self._frame_logits(memory)
-        return self.logits(hidden), frames
+            roll_logits = self._roll_logits(memory)
+        return self.logits(hidden), roll_logits
 
-    def _frame_logits(self, memory: torch.Tensor) -> torch.Tensor:
-        return self.frame_head(memory).float().view(*memory.shape[:2], 2, N_KEYS)  # (B, S, onset|active, 88)
+    def _roll_logits(self, memory: torch.Tensor) -> torch.Tensor:
+        return self.frame_head(memory).float().view(*memory.shape[:2], 2, N_KEYS)  # (B, S, onset|active, N_KEYS)
 
     def frame_probs(self, memory: torch.Tensor) -> torch.Tensor:
-        """Aux frame head on the encoder's memory -> probabilities fp32 (B, S, 2, 88): onset, active."""
+        """Aux frame head on the encoder's memory -> roll probabilities fp32 (B, S, 2, N_KEYS): onset, active."""
         if self.frame_head is None:
             raise ValueError("this model has no aux frame head (aux_frame_loss)")
-        return torch.sigmoid(self._frame_logits(memory))
+        return torch.sigmoid(self._roll_logits(memory))
 
     def forward(self, features: torch.Tensor, decoder_input: torch.Tensor | None = None,
                 instruments: torch.Tensor | None = None, *, batch: dict | None = None, label_smoothing: float = 0.0,
@@ -171,7 +182,7 @@ class Transcriber(nn.Module):
         step off earns most of the credit instead of none (onset F1 forgives 50 ms; exact cross-entropy does not).
         Metrics are detached scalars: loss, token_loss (unsmoothed), token_acc, tokens, and frame_onset_loss /
         frame_active_loss with the aux head."""
-        logits, frames = self.run(features, batch["decoder_input"], batch.get("instruments"))
+        logits, roll_logits = self.run(features, batch["decoder_input"], batch.get("instruments"))
         labels = batch["labels"].to(logits.device)
         valid = labels != IGNORE
         logp = F.log_softmax(logits, dim=-1)  # (B, T, vocab) fp32
@@ -186,11 +197,11 @@ class Transcriber(nn.Module):
             metrics = {"token_loss": (nll * valid).sum() / n,
                        "token_acc": ((logits.argmax(-1) == labels) & valid).sum() / n,
                        "tokens": valid.sum()}
-        if frames is not None:
+        if roll_logits is not None:
             if "frame_onsets" not in batch or "frame_active" not in batch:
                 raise ValueError("aux_frame_loss is on but the batch has no frame_onsets / frame_active")
-            onset = self._frame_bce(frames[:, :, 0], batch["frame_onsets"])
-            active = self._frame_bce(frames[:, :, 1], batch["frame_active"])
+            onset = self._frame_bce(roll_logits[:, :, 0], batch["frame_onsets"])
+            active = self._frame_bce(roll_logits[:, :, 1], batch["frame_active"])
             loss = loss + self.cfg.aux_frame_weight * (onset + active)
             metrics.update(frame_onset_loss=onset.detach(), frame_active_loss=active.detach())
         metrics["loss"] = loss.detach()
@@ -208,139 +219,6 @@ class Transcriber(nn.Module):
             pos_weight = ((target.numel() - pos) / pos.clamp(min=1)).sqrt().clamp(min=1.0)
         return F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight)
 
-    # -----------------------------------------------------------------------------------------------------------
-    # generation
-
-    @torch.no_grad()
-    def generate(self, features: torch.Tensor, instruments: torch.Tensor | None = None, *, max_len: int | None = None,
-                 beam_size: int = 1, use_cache: bool = True, ignore_eos: bool = False, length_penalty: float = 1.0,
-                 return_logits: bool = False, constrain: bool = True, allowed: torch.Tensor | None = None,
-                 return_frames: bool = False):
-        """Decode a batch of segments: greedy (beam_size 1) or beam search. Returns int64 (B, L), each row its tokens
-        up to and including EOS, then PAD; L <= max_len (default cfg.max_tokens). With return_logits (greedy only)
-        also the fp32 logits of every step, (B, L, vocab).
-
-        The encoder runs once; cross-attention keys and values are computed once per segment; each step feeds one
-        token per sequence through the KV cache. A sequence leaves the batch at its EOS. use_cache=False re-runs
-        the decoder over the whole prefix at every step (the reference the cache is tested against);
-        ignore_eos=True decodes to max_len regardless (benchmarks).
-
-        constrain=True masks, at every step, each token that would make a sequence malformed under the chunk grammar
-        (model/grammar.py; cfg.time_encoding, steps up to grammar.MAX_STEP); with allowed (multi-hot [B, 129],
-        128 = drums) a row writes only those programs and drums (an all-False row: anything). Beam search masks the
-        log-probabilities, so scores stay the model's own. constrain=False decodes freely (allowed is then
-        ignored). return_logits gives the model's logits before the mask. return_frames (a model with the aux frame
-        head) also returns the head's probabilities from the same encoder pass, fp32 (B, S, 2, 88): onset, active
-        (mt3ds/frames.py turns them into notes): (tokens, frames), or (tokens, logits, frames) with return_logits."""
-        max_len = max_len or self.cfg.max_tokens
-        if not 1 <= max_len <= self.cfg.max_dec_len:
-            raise ValueError(f"max_len must be in 1..{self.cfg.max_dec_len}, got {max_len}")
-        if beam_size < 1 or (beam_size > 1 and (return_logits or ignore_eos)):
-            raise ValueError("beam_size must be >= 1; return_logits and ignore_eos are for greedy decoding only")
-        if return_frames and self.frame_head is None:
-            raise ValueError("return_frames needs a model with the aux frame head (aux_frame_loss)")
-        was_training = self.training
-        self.eval()
-        try:
-            memory = self.encode(features, instruments)
-            hint = self.decoder_hint(instruments, features.shape[0])
-            grammar = None
-            if constrain:
-                if allowed is not None and beam_size > 1:
-                    allowed = allowed.repeat_interleave(beam_size, 0)  # beams of a segment are adjacent rows
-                grammar = TokenGrammar(features.shape[0] * beam_size, memory.device, self.cfg.time_encoding,
-                                       MAX_STEP, allowed)
-            if beam_size == 1:
-                out = self._greedy(memory, hint, max_len, use_cache, ignore_eos, return_logits, grammar)
-            else:
-                out = self._beam(memory, hint, max_len, use_cache, beam_size, length_penalty, grammar)
-            if not return_frames:
-                return out
-            return (*out, self.frame_probs(memory)) if isinstance(out, tuple) else (out, self.frame_probs(memory))
-        finally:
-            self.train(was_training)
-
-    def _greedy(self, memory, hint, max_len, use_cache, ignore_eos, return_logits, grammar=None):
-        B = memory.shape[0]
-        step = _Stepper(self, memory, hint, max_len, use_cache)
-        out = torch.full((B, max_len), vocab.PAD, dtype=torch.long, device=memory.device)
-        all_logits = torch.zeros(B, max_len, self.cfg.vocab_size, device=memory.device) if return_logits else None
-        rows = torch.arange(B, device=memory.device)  # original row of each sequence still decoding
-        token = torch.full((B,), vocab.PAD, dtype=torch.long, device=memory.device)  # the start token
-        length = 0
-        for t in range(max_len):
-            logits = step(token)  # (n, vocab)
-            if grammar is None:
-                token = _never_pad(logits).argmax(-1)
-            else:
-                token = grammar.mask(logits).argmax(-1)
-                grammar.advance(token)
-            out[rows, t] = token
-            if all_logits is not None:
-                all_logits[rows, t] = logits
-            length = t + 1
-            if ignore_eos:
-                continue
-            done = token == vocab.EOS
-            if bool(done.all()):
-                break
-            if bool(done.any()):  # finished sequences leave the batch
-                keep = (~done).nonzero().squeeze(1)
-                step.select(keep)
-                if grammar is not None:
-                    grammar.select(keep)
-                rows, token = rows[keep], token[keep]
-        out = out[:, :length]
-        return (out, all_logits[:, :length]) if return_logits else out
-
-    def _beam(self, memory, hint, max_len, use_cache, K, length_penalty, grammar=None):
-        """Beam search with K beams per segment, scores normalized by length ** length_penalty. A segment is done
-        when its best ended beam (EOS emitted) scores at least as well as its best open beam (the usual heuristic:
-        an open beam's raw log-probability can only fall); its beams then extend with PAD at no cost. A grammar
-        (B*K rows) masks each beam's log-probabilities before the top-K and follows the beams as they reorder."""
-        B, V, device = memory.shape[0], self.cfg.vocab_size, memory.device
-        memory = memory.repeat_interleave(K, 0)  # (B*K, S, d_model): beams of a segment are adjacent rows
-        hint = hint.repeat_interleave(K, 0) if hint is not None else None
-        step = _Stepper(self, memory, hint, max_len, use_cache)
-        scores = torch.zeros(B, K, device=device)
-        scores[:, 1:] = float("-inf")  # all beams start identical: expand only the first
-        seqs = torch.full((B * K, max_len), vocab.PAD, dtype=torch.long, device=device)
-        lengths = torch.zeros(B * K, device=device)
-        ended = torch.zeros(B * K, dtype=torch.bool, device=device)  # emitted EOS
-        done = torch.zeros(B, dtype=torch.bool, device=device)  # segment finished searching
-        token = torch.full((B * K,), vocab.PAD, dtype=torch.long, device=device)
-        base = torch.arange(B, device=device)[:, None] * K
-        for t in range(max_len):
-            logp = F.log_softmax(_never_pad(step(token)), dim=-1)  # (B*K, V)
-            if grammar is not None:
-                logp = grammar.mask(logp)
-            frozen = ended | done.repeat_interleave(K)
-            logp[frozen] = float("-inf")  # a finished beam only continues with PAD, at no cost
-            logp[frozen, vocab.PAD] = 0.0
-            top, idx = (scores.view(-1, 1) + logp).view(B, K * V).topk(K, dim=1)  # (B, K)
-            src = (base + idx // V).view(-1)  # the beam each new beam extends
-            token = (idx % V).view(-1)
-            seqs, ended, lengths, frozen = seqs[src], ended[src], lengths[src], frozen[src]
-            seqs[:, t] = token
-            lengths = torch.where(frozen, lengths, torch.full_like(lengths, t + 1))
-            ended = ended | (~frozen & (token == vocab.EOS))
-            scores = top
-            step.select(src, cross=False)
-            if grammar is not None:
-                grammar.select(src)
-                grammar.advance(token)
-            norm = (scores / lengths.view(B, K).clamp(min=1) ** length_penalty)
-            best_ended = norm.masked_fill(~ended.view(B, K), float("-inf")).amax(1)
-            best_open = norm.masked_fill(ended.view(B, K), float("-inf")).amax(1)
-            done = done | (best_ended >= best_open)
-            if bool(done.all()):
-                break
-        norm = (scores / lengths.view(B, K).clamp(min=1) ** length_penalty)
-        has_ended = ended.view(B, K).any(1, keepdim=True)
-        norm = norm.masked_fill(has_ended & ~ended.view(B, K), float("-inf"))  # prefer hypotheses that ended
-        best = base.squeeze(1) + norm.argmax(1)  # (B,)
-        return seqs[best, : int(lengths[best].max())]
-
 
 def _is_shift(ids: torch.Tensor) -> torch.Tensor:
     return (ids >= vocab.SHIFT.first_id) & (ids <= vocab.SHIFT.last_id)
@@ -356,42 +234,3 @@ def _soft_shift_nll(logp: torch.Tensor, labels: torch.Tensor, sigma: float) -> t
     weight = torch.exp(-0.5 * (offsets.float() / sigma) ** 2) * inside
     weight = weight / weight.sum(-1, keepdim=True).clamp(min=1e-12)
     return -(weight * logp.gather(-1, ids.clamp(0, logp.shape[-1] - 1))).sum(-1)
-
-
-def _never_pad(logits: torch.Tensor) -> torch.Tensor:
-    """PAD is never a target (labels are -100 there), so decoding never emits it: PAD in the output means 'after
-    EOS'. An untrained model would otherwise echo its PAD start token forever."""
-    return logits.index_fill(-1, torch.tensor([vocab.PAD], device=logits.device), float("-inf"))
-
-
-class _Stepper:
-    """Feeds one token per sequence to the decoder and returns next-token logits (fp32), with the KV cache or, for
-    reference, by re-running the decoder over the whole prefix. select() keeps or reorders sequences."""
-
-    def __init__(self, model: Transcriber, memory: torch.Tensor, hint: torch.Tensor | None, max_len: int,
-                 use_cache: bool):
-        self.model, self.memory, self.hint = model, memory, hint
-        cfg, B = model.cfg, memory.shape[0]
-        self.cache = None
-        self.prefix = torch.zeros(B, 0, dtype=torch.long, device=memory.device)
-        if use_cache:
-            self.cache = KVCache(cfg.dec_layers, B, cfg.heads, max_len, cfg.head_dim, device=memory.device,
-                                 dtype=memory.dtype)
-            for i, block in enumerate(model.dec_blocks):  # cross-attention keys/values: once per segment
-                self.cache.cross[i] = block.cross_attn.attn.project_kv(memory)
-
-    def __call__(self, token: torch.Tensor) -> torch.Tensor:
-        if self.cache is not None:
-            hidden = self.model.decode(token[:, None], None, self.hint, cache=self.cache)  # (n, 1, d_model)
-        else:
-            self.prefix = torch.cat([self.prefix, token[:, None]], 1)
-            hidden = self.model.decode(self.prefix, self.memory, self.hint)  # (n, t, d_model)
-        return self.model.logits(hidden[:, -1])  # (n, vocab)
-
-    def select(self, index: torch.Tensor, cross: bool = True) -> None:
-        if self.cache is not None:
-            self.cache.select(index, cross=cross)
-        else:
-            self.prefix, self.memory = self.prefix[index], self.memory[index]
-        if self.hint is not None:
-            self.hint = self.hint[index]

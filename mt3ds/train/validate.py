@@ -7,8 +7,8 @@ split across ranks by the validation loader. Decoded for real: the first `decode
 them), turned into notes with decode_tokens exactly as transcription does, and scored against the chunk's reference
 tokens with mir_eval (mt3ds.evaluate.score_notes): onset F1, onset+offset F1 and multi-instrument F1, pooled over
 the decoded chunks. A model with the aux frame head is also scored the way `transcribe --notes frames` reads it
-(mt3ds/frames.py: notes from the head, programs from the tokens): frames_onset_f1, frames_onset_offset_f1,
-frames_multi_full_f1. Each chunk is read on its own, so notes tied in from the
+(mt3ds/tokens/frames.py: notes from the head's rolls, programs from the tokens): frames_onset_f1,
+frames_onset_offset_f1, frames_multi_full_f1. Each chunk is read on its own, so notes tied in from the
 previous chunk are left out of both sides (their onsets belong to that chunk). The first `dump_midi` chunks'
 predictions and references are written as MIDI under RUN_DIR/samples/step_NNNNNNNN/ (rank 0).
 """
@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 
 from ..evaluate import Counts, score_notes
-from ..frames import hybrid_notes
+from ..model.generate import Search, generate
 from ..tokens.codec import decode_tokens
+from ..tokens.frames import frame_seconds, hybrid_notes
 from ..tokens.midi import write_midi
 from .config import ValidationConfig
 
@@ -53,13 +54,14 @@ def validate(model, logmel, loader, cfg: ValidationConfig, *, device, rank: int,
     model.eval()
     logmel.eval()
     time_encoding = model.cfg.time_encoding
-    max_len = cfg.decode_max_len or model.cfg.max_tokens
+    search = Search(beam_size=cfg.beam_size, max_len=cfg.decode_max_len or model.cfg.max_tokens)
     items_left = math.ceil(cfg.items / world_size)
     decode_left = math.ceil(cfg.decode_items / world_size)
     dump_left = cfg.dump_midi if rank == 0 and dump_dir is not None else 0
     sums = torch.zeros(4, dtype=torch.float64)  # token loss x tokens, correct tokens, tokens, chunks
-    with_frames = model.frame_head is not None
-    counts = {m: Counts() for m in SCORED + (FRAME_SCORED if with_frames else ())}
+    with_rolls = model.frame_head is not None
+    seconds = frame_seconds(logmel.cfg)  # a roll frame is one hop of the features (training: the default audio)
+    counts = {m: Counts() for m in SCORED + (FRAME_SCORED if with_rolls else ())}
     decoded = malformed = 0
     for batch in loader:
         if items_left <= 0:
@@ -76,13 +78,9 @@ def validate(model, logmel, loader, cfg: ValidationConfig, *, device, rank: int,
             continue
         decode_left -= k
         instruments = batch["instruments"][:k] if model.cfg.conditioning != "none" else None
-        generated = model.generate(features[:k], instruments, max_len=max_len, beam_size=cfg.beam_size,
-                                   constrain=True, allowed=instruments, return_frames=with_frames)
-        if with_frames:
-            generated, probs = generated
-            probs = probs.cpu().numpy()
-            frame_seconds = chunk_seconds / probs.shape[1]
-        generated = generated.cpu().numpy()
+        out = generate(model, features[:k], instruments, allowed=instruments, search=search, with_rolls=with_rolls)
+        rolls = out.rolls.cpu().numpy() if with_rolls else None  # (k, frames, 2, N_KEYS)
+        generated = out.tokens.cpu().numpy()
         reference = batch["tokens"][:k].cpu().numpy()
         for i in range(k):
             ref, est, chunk_counts, bad = score_chunk(reference[i], generated[i], chunk_seconds, time_encoding)
@@ -90,8 +88,8 @@ def validate(model, logmel, loader, cfg: ValidationConfig, *, device, rank: int,
             decoded += 1
             for name in SCORED:
                 counts[name] += chunk_counts[name]
-            if with_frames:
-                hybrid = score_notes(ref, hybrid_notes(probs[i, :, 0], probs[i, :, 1], frame_seconds, est))
+            if with_rolls:
+                hybrid = score_notes(ref, hybrid_notes(rolls[i, :, 0], rolls[i, :, 1], seconds, est))
                 for name in SCORED:
                     counts[f"frames_{name}"] += hybrid[name]
             if dump_left > 0:
