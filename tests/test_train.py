@@ -72,7 +72,7 @@ def test_yaml_defaults_overrides_and_round_trip(tmp_path, shard_dirs):
     ({"data": {"loader": {"num_workerz": 4}}}, "data.loader.num_workerz: unknown key"),
     ({"data": {"loader": {"mix_alpha": -1}}}, "data.loader: mix_alpha must be >= 0"),
     ({"data": {"train": []}}, "data.train: expected a list of at least one training shard folder"),
-    ({"validation": {"decode_items": 300}}, "validation.decode_items must be in 0..validation.items"),
+    ({"validation": {"decode_items": 300}}, "validation.decode_items must be in 0..items"),
 ])
 def test_bad_training_config_names_the_key(tmp_path, data, expected):
     base = {"data": {"train": ["shards/train"]}}
