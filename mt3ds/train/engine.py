@@ -6,16 +6,15 @@
                   -> EMA update -> metrics / validation / checkpoint at their cadence
 
 `train()` in its named steps:
-    check_inputs              everything a user can get wrong, before DeepSpeed starts: the shard folders and their
+    check_inputs              what a user can get wrong, before DeepSpeed starts: the shard folders and their
                               manifests, the checkpoint to resume, the init_from model. Each file is read once here
                               and what was read travels on in `RunInputs` (a `pipe:` manifest is fetched once).
-    build_run                 distributed start, resolved ds_config, model, engine, EMA, features, loaders, and the
-                              typed `RunState` (new, initialized from a model, or restored from the checkpoint).
+    build_run                 distributed start, the ds_config resolved and parsed by DeepSpeed, model, engine, EMA,
+                              features, loaders, and the typed `RunState` (new, from an init_from model, or resumed).
     train_step                one micro-batch: features, forward, backward, engine step; `MetricSums` by name.
     log_metrics               every log_every steps: the interval's sums reduced across ranks into one record.
     validate_and_checkpoint   at their cadence and at the end; `Clock` leaves this time out of throughput and of
                               the run's training time.
-The ds_config and the training config are checked before the first step too (which key, what was expected).
 `train()` runs on every rank; rank 0 alone writes the run folder's files (checkpoints are written by every rank).
 """
 from __future__ import annotations
