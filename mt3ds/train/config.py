@@ -341,6 +341,7 @@ def train_config_from_dict(data: dict, name: str = "<config>") -> TrainConfig:
 def _old_features_section(section, name: str) -> dict:
     """`features: {spec_augment: B, time_mask_width: W, time_mask_prob: P}` (the section's old name) -> the keys
     of the spec_augment section."""
+    section = {} if section is None else section
     if not isinstance(section, dict):
         raise UserError(f"{name}: features: expected a mapping, got {section!r}")
     new_names = {"spec_augment": "enabled", "time_mask_width": "time_mask_width", "time_mask_prob": "time_mask_prob"}
