@@ -169,6 +169,7 @@ def _check_ds_with_deepspeed(ds: dict, where: str) -> None:
     try:
         DeepSpeedConfig(ds)
     except Exception as e:  # pydantic ValidationError, AssertionError, ValueError...: all mean a bad ds_config
+        # not first_line(e): pydantic's first line only counts the errors, the next two name the key and the problem
         lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
         raise UserError(f"{where}: DeepSpeed rejects this config: {' '.join(lines[:3]) or type(e).__name__}") from None
 
