@@ -9,14 +9,22 @@ from dataclasses import asdict, dataclass
 class AudioConfig:
     """The offline audio chain (decisions §2); its version string is recorded in manifests and exported models."""
 
-    sample_rate: int = 16000  # Hz, mono
-    chunk_samples: int = 32768  # 2.048 s; hop = chunk (no overlap), last chunk zero-padded
-    hp_cutoff_hz: float = 30.0  # 2nd-order high-pass, applied forward-backward (zero phase)
-    target_lufs: float = -23.0  # ITU-R BS.1770-4 integrated loudness over the whole track
-    gain_clamp_db: float = 12.0  # loudness gain limited to +-12 dB
-    true_peak_dbfs: float = -1.0  # true-peak ceiling after the loudness gain
-    pre_emphasis: float = 0.97  # y[n] = x[n] - a x[n-1]; 0 disables
-    dither: float = 1e-5  # TPDF amplitude; the seed derives from the track id
+    sample_rate: int = 16000
+    """Hz, mono."""
+    chunk_samples: int = 32768
+    """Samples per chunk: 2.048 s; hop = chunk (no overlap), the last chunk zero-padded."""
+    hp_cutoff_hz: float = 30.0
+    """2nd-order high-pass, applied forward-backward (zero phase)."""
+    target_lufs: float = -23.0
+    """ITU-R BS.1770-4 integrated loudness over the whole track."""
+    gain_clamp_db: float = 12.0
+    """The loudness gain is limited to +- this many dB."""
+    true_peak_dbfs: float = -1.0
+    """True-peak ceiling after the loudness gain."""
+    pre_emphasis: float = 0.97
+    """y[n] = x[n] - a x[n-1]; 0 disables."""
+    dither: float = 1e-5
+    """TPDF amplitude; the seed derives from the track id."""
 
     def __post_init__(self):
         if self.sample_rate <= 0 or self.chunk_samples <= 0:
@@ -48,10 +56,25 @@ class FeatureConfig:
     """On-device log-mel features (decisions §2): [B, 256, 512] for a 32768-sample chunk."""
 
     n_fft: int = 2048
+    """STFT window and FFT size, samples."""
     hop_length: int = 128
+    """STFT hop, samples (8 ms at 16 kHz)."""
     n_mels: int = 512
+    """Mel bands."""
     fmin_hz: float = 20.0
+    """Lowest mel band edge."""
     fmax_hz: float = 8000.0
+    """Highest mel band edge (Nyquist at 16 kHz)."""
     log_eps: float = 1e-5
-    frames: int = 256  # center=True gives 257 frames for 32768 samples: keep the first 256
+    """Added before the log: log(mel + log_eps)."""
+    frames: int = 256
+    """Frames kept per chunk: center=True gives 257 for 32768 samples; the first 256 are kept."""
+
+    def __post_init__(self):
+        if min(self.n_fft, self.hop_length, self.n_mels, self.frames) <= 0:
+            raise ValueError("n_fft, hop_length, n_mels and frames must be positive")
+        if not 0.0 <= self.fmin_hz < self.fmax_hz:
+            raise ValueError("need 0 <= fmin_hz < fmax_hz")
+        if self.log_eps <= 0:
+            raise ValueError("log_eps must be > 0")
 

@@ -72,7 +72,7 @@ def test_yaml_defaults_overrides_and_round_trip(tmp_path, shard_dirs):
     ({"data": {"loader": {"num_workerz": 4}}}, "data.loader.num_workerz: unknown key"),
     ({"data": {"loader": {"mix_alpha": -1}}}, "data.loader: mix_alpha must be >= 0"),
     ({"data": {"train": []}}, "data.train: expected a list of at least one training shard folder"),
-    ({"validation": {"decode_items": 300}}, "validation.decode_items must be in 0..validation.items"),
+    ({"validation": {"decode_items": 300}}, "validation.decode_items must be in 0..items"),
 ])
 def test_bad_training_config_names_the_key(tmp_path, data, expected):
     base = {"data": {"train": ["shards/train"]}}
@@ -403,16 +403,22 @@ def test_validation_scores_decoded_chunks_with_mir_eval():
 
 
 def test_trains_from_pipe_shard_folders(tmp_path, shard_dirs):
-    """Shard folders given as WebDataset pipe: commands (object storage) train like local ones."""
+    """Shard folders given as WebDataset pipe: commands (object storage) train like local ones; each manifest is
+    fetched once (checked before DeepSpeed starts, then handed to the loaders)."""
     from mt3ds.train.engine import train
 
-    pipe = [f"pipe:cat {shard_dirs[0]}/{{}}"]
+    fetched = {name: tmp_path / f"{name}.log" for name in ("train", "validation")}
+    pipe = {name: f"pipe:echo {{}} >> {fetched[name]}; cat {folder}/{{}}"
+            for name, folder in zip(fetched, shard_dirs)}
     cfg = train_config_from_dict(train_yaml(tmp_path / "run", "x", None, steps=2,
-                                            data={"train": pipe, "validation": [f"pipe:cat {shard_dirs[1]}/{{}}"]},
+                                            data={"train": [pipe["train"]], "validation": [pipe["validation"]]},
                                             validation={"every": 2, "items": 2, "decode_items": 1, "dump_midi": 0,
                                                         "decode_max_len": 8}))
     state = train(cfg, CPU_DS_CONFIG)
     assert state["step"] == 2 and metrics(tmp_path / "run", "validation")[0]["chunks"] == 2
+    for log in fetched.values():
+        names = log.read_text().split()
+        assert names.count("manifest.json") == 1 and any(n.endswith(".tar") for n in names), names
     bad = train_config_from_dict(train_yaml(tmp_path / "bad", "x", data={"train": [f"pipe:cat {tmp_path}/none/{{}}"]}))
     with pytest.raises(UserError, match="fetching manifest.json failed"):
         train(bad, CPU_DS_CONFIG)

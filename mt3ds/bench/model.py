@@ -10,7 +10,8 @@ For each preset (default `small` and `base`), on the CPU:
     (timing all 1024 uncached steps would take over 15 minutes for `small` on 2 cores). A short uncached run of
     `check_tokens` tokens is also timed in full, beside the cached one, as a direct check on the estimate.
 On CUDA, in addition: the bf16 training step with attention forced to flash and to math, its model FLOPs
-utilization (MFU, analytic FLOPs / time / peak bf16 dense FLOP/s of the GPU), and cached decoding.
+utilization (MFU, analytic FLOPs / time / peak bf16 dense FLOP/s of the GPU: mt3ds/model/flops.py), and cached
+decoding.
 
 `kv_cache_speedup` is the smallest of the presets' estimated uncached / measured cached decoding times.
 """
@@ -22,11 +23,10 @@ import torch
 
 from ..model import attention as attn
 from ..model.config import ModelConfig
+from ..model.flops import peak_bf16_flops, train_flops
 from ..model.generate import Search, Stepper, generate
 from ..model.transcriber import Transcriber
 from ..tokens import vocab
-
-PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}  # dense bf16 FLOP/s by device name
 
 
 def bench_model(presets=("small", "base"), batch: int = 8, train_tokens: int = 1024, frames: int = 256,
@@ -127,20 +127,10 @@ def _time(fn, repeats: int, device="cpu", warmup=None) -> float:
     return best
 
 
-def forward_flops(cfg: ModelConfig, B: int, T: int, S: int) -> float:
-    """Analytic FLOPs of one teacher-forced forward pass (matmuls only; causal self-attention counted at half)."""
-    d, inner, mult = cfg.d_model, cfg.inner_dim, 3 if cfg.mlp == "swiglu" else 2
-    enc = cfg.enc_layers * (2 * S * 4 * d * inner + 4 * S * S * inner + 2 * S * mult * d * cfg.mlp_dim)
-    dec = cfg.dec_layers * (2 * T * 4 * d * inner + 2 * T * T * inner  # self-attention, causal
-                            + 2 * T * 2 * d * inner + 2 * S * 2 * d * inner + 4 * T * S * inner  # cross-attention
-                            + 2 * T * mult * d * cfg.mlp_dim)
-    return float(B * (2 * S * cfg.n_mels * d + enc + dec + 2 * T * d * cfg.vocab_size))
-
-
 def _cuda_figures(name, cfg, B, T, S, decode_batch, decode_tokens, repeats) -> dict:
     device = torch.device("cuda")
     gpu = torch.cuda.get_device_name(device)
-    peak = next((v for k, v in PEAK_BF16.items() if k in gpu), None)
+    peak = peak_bf16_flops(gpu)
     fig = {f"{name}_cuda_device": gpu}
     model = Transcriber(cfg)
     for backend in ("flash", "math"):
@@ -155,7 +145,7 @@ def _cuda_figures(name, cfg, B, T, S, decode_batch, decode_tokens, repeats) -> d
     step = fig[f"{name}_cuda_train_step_bf16_flash_s"]
     fig[f"{name}_cuda_train_step_fp32_s"] = _train_step_time(model, torch.float32, B, T, S, repeats, device)
     if peak:
-        fig[f"{name}_cuda_mfu_bf16"] = 3 * forward_flops(cfg, B, T, S) / step / peak
+        fig[f"{name}_cuda_mfu_bf16"] = train_flops(cfg, B, T, S) / step / peak
     model = model.to(device, torch.bfloat16).eval()
     features = torch.randn(decode_batch, S, cfg.n_mels, device=device, dtype=torch.bfloat16)
     cached = _time(lambda: _decode(model, features, decode_tokens), 1, device,

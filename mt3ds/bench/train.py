@@ -5,7 +5,8 @@ cosine scheduler), a model preset, and per step: log-mel on the device, cast to 
 backward, optimizer step. Batches are random audio and random full-length token sequences made once on the device,
 so the figures are the engine's, not the loader's (`mt3ds bench loader` measures that). For each activation
 checkpointing setting: samples/s, tokens/s (target tokens), seconds per step, peak memory and, on GPUs with a known
-peak, MFU (analytic FLOPs of forward + backward / time / peak dense bf16 FLOP/s; recomputation not counted).
+peak, MFU (analytic FLOPs of forward + backward / time / peak dense bf16 FLOP/s; recomputation not counted;
+mt3ds/model/flops.py).
 `--precision fp32|bf16` overrides the ds_config's bf16 switch (how cpu.json's choice was measured).
 """
 from __future__ import annotations
@@ -30,10 +31,11 @@ def bench_train(preset: str = "base", ds_config=None, batch: int | None = None, 
 
     from ..model.config import ModelConfig
     from ..model.features import LogMel
+    from ..model.flops import peak_flops, train_flops
     from ..model.transcriber import Transcriber
     from ..train.config import OptimConfig, TrainConfig, load_ds_config, resolve_ds_config
     from ..train.engine import init_distributed, param_groups
-    from ..train.metrics import hardware, peak_flops, train_flops
+    from ..train.metrics import hardware
 
     ds_path = Path(ds_config) if ds_config else DEFAULT_DS
     ds_raw = load_ds_config(ds_path)

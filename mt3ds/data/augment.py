@@ -30,65 +30,15 @@ rewritten.
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass
 
 import numpy as np
 import scipy.fft
 import scipy.signal
 
 from ..config import AudioConfig
+from .loader_config import AugmentConfig
 
 _LN_1000 = np.log(1000.0)  # 60 dB of amplitude decay: exp(-ln(1000)) = 1e-3
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Waveform augmentation (design.md §2, step 8): probabilities and ranges."""
-
-    rir_prob: float = 0.3
-    """Probability of convolving with a synthetic room impulse response."""
-    rir_rt60_min: float = 0.1
-    """Shortest reverberation time drawn, seconds (design.md gives only the maximum)."""
-    rir_rt60_max: float = 1.0
-    """Longest reverberation time drawn, seconds."""
-    rir_drr_db_min: float = -3.0
-    """Lowest direct-to-reverberant energy ratio, dB."""
-    rir_drr_db_max: float = 10.0
-    """Highest direct-to-reverberant energy ratio, dB."""
-    noise_prob: float = 0.5
-    """Probability of adding noise."""
-    snr_db_min: float = 10.0
-    """Lowest signal-to-noise ratio, dB (measured on this chunk)."""
-    snr_db_max: float = 30.0
-    """Highest signal-to-noise ratio, dB."""
-    eq_prob: float = 0.3
-    """Probability of a random EQ curve."""
-    eq_gain_db_max: float = 6.0
-    """The EQ curve stays within +- this many dB at every frequency."""
-    eq_bands: int = 3
-    """Peaking bands summed into the EQ curve (centres log-uniform 60 Hz - 6 kHz, Q 0.7-2)."""
-    clip_prob: float = 0.1
-    """Probability of hard clipping."""
-    clip_threshold_dbfs: float = -3.0
-    """Clip level relative to the chunk's peak taken as full scale (the recording driven 3 dB too hot)."""
-
-    def __post_init__(self):
-        for name in ("rir_prob", "noise_prob", "eq_prob", "clip_prob"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1]")
-        if not 0.0 < self.rir_rt60_min <= self.rir_rt60_max:
-            raise ValueError("need 0 < rir_rt60_min <= rir_rt60_max")
-        if self.snr_db_min > self.snr_db_max or self.rir_drr_db_min > self.rir_drr_db_max:
-            raise ValueError("a minimum exceeds its maximum")
-        if self.eq_gain_db_max < 0 or self.eq_bands < 1 or self.clip_threshold_dbfs > 0:
-            raise ValueError("eq_gain_db_max >= 0, eq_bands >= 1 and clip_threshold_dbfs <= 0 are required")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "AugmentConfig":
-        return cls(**d)
 
 
 class Augmenter:

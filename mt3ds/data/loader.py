@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Iterator
@@ -41,78 +41,14 @@ from ..errors import UserError, first_line
 from ..tokens import vocab
 from ..tokens.codec import quantize_velocities, to_absolute
 from ..tokens.frames import frame_targets
-from .augment import AugmentConfig, Augmenter
+from .augment import Augmenter
+from .loader_config import LoaderConfig
 from .samples import MANIFEST, Manifest, Sample
 
 IGNORE_INDEX = -100  # labels at PAD positions: ignored by cross-entropy
 N_INSTRUMENTS = vocab.DRUM_PROGRAM + 1  # programs 0..127 and drums as 128
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class LoaderConfig:
-    """The data loader (design.md Step 1 §4): batching, workers, mixing, augmentation and targets."""
-
-    batch_size: int = 16
-    """Samples per batch, per rank."""
-    num_workers: int = 8
-    """DataLoader worker processes per rank (0: read in the main process)."""
-    prefetch_factor: int = 4
-    """Batches each worker prepares ahead (only with workers)."""
-    pin_memory: bool = True
-    """Pin batches in page-locked memory for faster host-to-GPU copies (only when CUDA is present)."""
-    shuffle_buffer: int = 1000
-    """Samples held per dataset per worker for shuffling (~66 KB each)."""
-    shuffle_initial: int = 100
-    """Samples gathered before the first one leaves the shuffle buffer."""
-    mix_alpha: float = 0.7
-    """Temperature exponent: dataset d is drawn with weight n_d^alpha / sum (1 = proportional, 0 = uniform)."""
-    seed: int = 0
-    """Seeds shard picks, shuffling, mixing phase and augmentation, together with rank, worker and epoch."""
-    augment: bool = True
-    """Waveform augmentation of training samples (never of validation samples)."""
-    augmentation: AugmentConfig = field(default_factory=AugmentConfig)
-    """Probabilities and ranges of the augmentation."""
-    time_encoding: str = "absolute"
-    """Shift tokens the model reads: absolute (rewritten from the shards' delta) or delta (decisions §3)."""
-    aux_frame_loss: bool = False
-    """Also build per-frame onset and active 88-key rolls from each chunk's tokens (decisions §5)."""
-    velocity_bins: int | None = None
-    """Quantize target note-on velocities to this many bins (1: one velocity, MT3's multi-instrument choice);
-    None keeps the shards' exact velocities."""
-    max_bad_in_a_row: int = 1000
-    """Unreadable samples or shards in a row after which a dataset is declared unreadable (UserError)."""
-
-    def __post_init__(self):
-        if self.batch_size < 1 or self.num_workers < 0 or self.prefetch_factor < 1:
-            raise ValueError("batch_size >= 1, num_workers >= 0 and prefetch_factor >= 1 are required")
-        if self.shuffle_buffer < 1 or not 1 <= self.shuffle_initial <= self.shuffle_buffer:
-            raise ValueError("need shuffle_buffer >= 1 and 1 <= shuffle_initial <= shuffle_buffer")
-        if self.mix_alpha < 0:
-            raise ValueError("mix_alpha must be >= 0")
-        if self.time_encoding not in ("absolute", "delta"):
-            raise ValueError(f"time_encoding must be absolute or delta, not {self.time_encoding!r}")
-        if self.max_bad_in_a_row < 1:
-            raise ValueError("max_bad_in_a_row must be >= 1")
-        if self.velocity_bins is not None and not 1 <= self.velocity_bins <= 127:
-            raise ValueError("velocity_bins must be in 1..127 (or null)")
-
-    @classmethod
-    def tiny(cls) -> "LoaderConfig":
-        """Small batches read in the main process: tests and smoke runs."""
-        return cls(batch_size=4, num_workers=0, prefetch_factor=1, pin_memory=False, shuffle_buffer=16,
-                   shuffle_initial=4)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "LoaderConfig":
-        d = dict(d)
-        if isinstance(d.get("augmentation"), dict):
-            d["augmentation"] = AugmentConfig.from_dict(d["augmentation"])
-        return cls(**d)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -360,7 +296,7 @@ class TrainStream(IterableDataset):
         folders = [folders] if isinstance(folders, (str, os.PathLike)) else list(folders)
         if not folders:
             raise UserError("no shard folders given to train on")
-        self.sets = [read_manifest(f) for f in folders]
+        self.sets = [f if isinstance(f, ShardSet) else read_manifest(f) for f in folders]  # or read by the caller
         for s in self.sets:
             if s.samples == 0:
                 raise UserError(f"{s.folder}: dataset {s.dataset!r} split {s.split!r} holds no samples; "
@@ -418,7 +354,7 @@ class ValidationStream(IterableDataset):
         folders = [folders] if isinstance(folders, (str, os.PathLike)) else list(folders)
         if not folders:
             raise UserError("no validation shard folders given")
-        self.sets = [read_manifest(f) for f in folders]
+        self.sets = [f if isinstance(f, ShardSet) else read_manifest(f) for f in folders]  # or read by the caller
         if sum(s.samples for s in self.sets) == 0:
             raise UserError(f"{', '.join(s.folder for s in self.sets)}: no validation samples")
         self.cfg = cfg

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..files import write_text_atomic
 
 TMP_SUFFIX = ".tmp"
 LATEST = "latest"
@@ -97,12 +98,6 @@ def _remove(folder: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _rng_state() -> tuple[dict[str, torch.Tensor], dict]:
     tensors = {"torch_cpu": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -154,13 +149,14 @@ def save_checkpoint(engine, ckpt_dir, step: int, state: dict, ema_tensors: dict[
         if final.exists():  # the same step saved again after a resume
             _remove(final)
         os.replace(tmp_dir, final)
-        _atomic_write(ckpt_dir / LATEST, tag)
+        write_text_atomic(ckpt_dir / LATEST, tag)
     barrier()
     return final
 
 
-def load_checkpoint(engine, tag_dir: Path, rank: int) -> dict:
-    """Restore engine (module, optimizer, scheduler) and this rank's RNG states; return state.json."""
+def load_checkpoint(engine, tag_dir: Path, rank: int) -> None:
+    """Restore engine (module, optimizer, scheduler) and this rank's RNG states (state.json is the caller's to read:
+    `read_state`, once)."""
     from safetensors.torch import load_file
 
     tag_dir = Path(tag_dir)
@@ -168,11 +164,9 @@ def load_checkpoint(engine, tag_dir: Path, rank: int) -> dict:
                                      load_lr_scheduler_states=True)
     if path is None:
         raise UserError(f"{tag_dir}: DeepSpeed could not load this checkpoint")
-    state = read_state(tag_dir)
     rng = tag_dir / "rng" / f"rank{rank:05d}.safetensors"
     if rng.is_file():  # a run resumed on more ranks than it was saved with starts the new ranks' RNGs fresh
         _set_rng_state(load_file(str(rng)), json.loads(rng.with_suffix(".json").read_text(encoding="utf-8")))
-    return state
 
 
 def load_ema_tensors(tag_dir) -> dict[str, torch.Tensor]:

@@ -19,12 +19,28 @@ import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 
-from ..errors import UserError
-from ..model.config import ModelConfig, PRESETS
+from ..data.loader_config import AugmentConfig, LoaderConfig
+from ..errors import UserError, first_line
+from ..model.config import PRESETS, ModelConfig
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Sections of the YAML
+# Sections of the YAML: each checks its own values; a message names the field, and the YAML reader adds the section
+# ("lr must be > 0" -> "PATH: optim.lr must be > 0").
+
+def _require(*checks: tuple[bool, str]) -> None:
+    """Raise ValueError with the message of the first check that fails."""
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+
+
+# data.loader keys a training config must not set, and where each comes from instead
+LOADER_KEYS_FROM_ELSEWHERE = {"batch_size": "the ds_config's train_micro_batch_size_per_gpu (or batch_size at the "
+                                            "top level of this file)",
+                              "time_encoding": "model.time_encoding", "aux_frame_loss": "model.aux_frame_loss",
+                              "seed": "seed at the top level of this file"}
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -38,6 +54,35 @@ class DataConfig:
     loader: dict = field(default_factory=dict)
     """LoaderConfig fields (num_workers, mix_alpha, augment, augmentation, shuffle_buffer, ...). batch_size comes
     from the ds_config; time_encoding and aux_frame_loss from the model."""
+
+    def __post_init__(self):
+        known = {f.name for f in fields(LoaderConfig)}
+        for key in self.loader:
+            _require((key not in LOADER_KEYS_FROM_ELSEWHERE,
+                      f"loader.{key}: set by {LOADER_KEYS_FROM_ELSEWHERE.get(key)}, not here"),
+                     (key in known, f"loader.{key}: unknown key; expected one of: "
+                                    f"{', '.join(sorted(known - set(LOADER_KEYS_FROM_ELSEWHERE)))}"))
+        try:
+            LoaderConfig.from_dict({**self.loader, "batch_size": 1})
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"loader: {first_line(e)}") from None
+
+
+@dataclass(frozen=True)
+class SpecAugmentConfig:
+    """SpecAugment time masks on the log-mel features in training (design.md Step 2 §7). YAML key `spec_augment`;
+    `features: {spec_augment: B, time_mask_width: W, time_mask_prob: P}`, its name before, is still read."""
+
+    enabled: bool = False
+    """Mask a random span of frames per training chunk."""
+    time_mask_width: int = 48
+    """Widest mask, in frames."""
+    time_mask_prob: float = 0.5
+    """Probability that a chunk gets a mask."""
+
+    def __post_init__(self):
+        _require((self.time_mask_width >= 0, "time_mask_width must be >= 0"),
+                 (0 <= self.time_mask_prob <= 1, "time_mask_prob must be in [0, 1]"))
 
 
 @dataclass(frozen=True)
@@ -57,6 +102,14 @@ class OptimConfig:
     min_lr_ratio: float = 0.1
     """The cosine decays to lr * min_lr_ratio at the last step."""
 
+    def __post_init__(self):
+        _require((self.lr > 0, "lr must be > 0"),
+                 (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas must be two numbers in [0, 1)"),
+                 (self.eps > 0, "eps must be > 0"),
+                 (self.weight_decay >= 0, "weight_decay must be >= 0"),
+                 (self.warmup_steps >= 1, "warmup_steps must be >= 1"),
+                 (0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio must be in [0, 1]"))
+
 
 @dataclass(frozen=True)
 class EmaConfig:
@@ -66,6 +119,9 @@ class EmaConfig:
     """Per optimizer step; 0 disables the average (the raw weights are validated and exported)."""
     warmup: bool = True
     """Use min(decay, (1 + n) / (10 + n)) at update n, so early averages are not dominated by the random init."""
+
+    def __post_init__(self):
+        _require((0.0 <= self.decay < 1.0, "decay must be in [0, 1)"))
 
 
 @dataclass(frozen=True)
@@ -85,6 +141,14 @@ class ValidationConfig:
     dump_midi: int = 8
     """Decoded chunks written as MIDI (prediction and reference) under run_dir/samples/step_N/."""
 
+    def __post_init__(self):
+        _require((self.every >= 0, "every must be >= 0"),
+                 (self.items >= 1, "items must be >= 1"),
+                 (0 <= self.decode_items <= self.items, "decode_items must be in 0..items"),
+                 (self.decode_max_len is None or self.decode_max_len >= 1, "decode_max_len must be >= 1"),
+                 (self.beam_size >= 1, "beam_size must be >= 1"),
+                 (0 <= self.dump_midi <= self.decode_items, "dump_midi must be in 0..decode_items"))
+
 
 @dataclass(frozen=True)
 class CheckpointConfig:
@@ -97,17 +161,10 @@ class CheckpointConfig:
     keep_best: int = 1
     """Checkpoints with the lowest validation token loss kept (a new best is checkpointed when it is found)."""
 
-
-@dataclass(frozen=True)
-class FeaturesConfig:
-    """On-device features: SpecAugment time masks in training (design.md Step 2 §7)."""
-
-    spec_augment: bool = False
-    """Mask a random span of frames per training chunk."""
-    time_mask_width: int = 48
-    """Widest mask, in frames."""
-    time_mask_prob: float = 0.5
-    """Probability that a chunk gets a mask."""
+    def __post_init__(self):
+        _require((self.every >= 1, "every must be >= 1"),
+                 (self.keep_last >= 1, "keep_last must be >= 1"),
+                 (self.keep_best >= 0, "keep_best must be >= 0"))
 
 
 @dataclass(frozen=True)
@@ -122,8 +179,8 @@ class TrainConfig:
     """The model: `model: {preset: small, time_encoding: absolute, ...}` in the YAML."""
     data: DataConfig = field(default_factory=DataConfig)
     """Shard folders and loader settings."""
-    features: FeaturesConfig = field(default_factory=FeaturesConfig)
-    """SpecAugment settings."""
+    spec_augment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
+    """SpecAugment time masks in training."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     """Learning rate, Adam settings, warmup and cosine floor."""
     steps: int = 200_000
@@ -161,40 +218,16 @@ class TrainConfig:
     """Resume from run_dir's latest checkpoint when there is one; false refuses a run_dir that has checkpoints."""
 
     def __post_init__(self):
-        checks = [
-            (self.steps >= 1, "steps must be >= 1"),
-            (self.max_train_minutes is None or self.max_train_minutes > 0, "max_train_minutes must be > 0 (or null)"),
-            (self.batch_size is None or self.batch_size >= 1, "batch_size must be >= 1"),
-            (self.grad_accum is None or self.grad_accum >= 1, "grad_accum must be >= 1"),
-            (0.0 <= self.label_smoothing < 1.0, "label_smoothing must be in [0, 1)"),
-            (0.0 <= self.time_smoothing <= 50.0, "time_smoothing must be in [0, 50] steps"),
-            (self.log_every >= 1, "log_every must be >= 1"),
-            (self.optim.lr > 0, "optim.lr must be > 0"),
-            (len(self.optim.betas) == 2 and all(0 <= b < 1 for b in self.optim.betas),
-             "optim.betas must be two numbers in [0, 1)"),
-            (self.optim.eps > 0, "optim.eps must be > 0"),
-            (self.optim.weight_decay >= 0, "optim.weight_decay must be >= 0"),
-            (self.optim.warmup_steps >= 1, "optim.warmup_steps must be >= 1"),
-            (0.0 <= self.optim.min_lr_ratio <= 1.0, "optim.min_lr_ratio must be in [0, 1]"),
-            (0.0 <= self.ema.decay < 1.0, "ema.decay must be in [0, 1)"),
-            (self.validation.every >= 0, "validation.every must be >= 0"),
-            (self.validation.items >= 1, "validation.items must be >= 1"),
-            (0 <= self.validation.decode_items <= self.validation.items,
-             "validation.decode_items must be in 0..validation.items"),
-            (self.validation.decode_max_len is None or self.validation.decode_max_len >= 1,
-             "validation.decode_max_len must be >= 1"),
-            (self.validation.beam_size >= 1, "validation.beam_size must be >= 1"),
-            (0 <= self.validation.dump_midi <= self.validation.decode_items,
-             "validation.dump_midi must be in 0..validation.decode_items"),
-            (self.checkpoint.every >= 1, "checkpoint.every must be >= 1"),
-            (self.checkpoint.keep_last >= 1, "checkpoint.keep_last must be >= 1"),
-            (self.checkpoint.keep_best >= 0, "checkpoint.keep_best must be >= 0"),
-            (self.features.time_mask_width >= 0 and 0 <= self.features.time_mask_prob <= 1,
-             "features.time_mask_width must be >= 0 and features.time_mask_prob in [0, 1]"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
+        # the sections checked themselves when they were made; these are the top-level keys
+        _require((self.model_preset in PRESETS, f"model_preset must be one of {', '.join(PRESETS)}"),
+                 (self.steps >= 1, "steps must be >= 1"),
+                 (self.max_train_minutes is None or self.max_train_minutes > 0,
+                  "max_train_minutes must be > 0 (or null)"),
+                 (self.batch_size is None or self.batch_size >= 1, "batch_size must be >= 1"),
+                 (self.grad_accum is None or self.grad_accum >= 1, "grad_accum must be >= 1"),
+                 (0.0 <= self.label_smoothing < 1.0, "label_smoothing must be in [0, 1)"),
+                 (0.0 <= self.time_smoothing <= 50.0, "time_smoothing must be in [0, 50] steps"),
+                 (self.log_every >= 1, "log_every must be >= 1"))
 
     def to_dict(self) -> dict:
         """Plain dict (YAML-ready): the model section is written as preset + every field."""
@@ -202,10 +235,8 @@ class TrainConfig:
         d["model"] = {"preset": d.pop("model_preset"), **d["model"]}
         return _plain(d)
 
-    def loader_config(self, batch_size: int):
+    def loader_config(self, batch_size: int) -> LoaderConfig:
         """The LoaderConfig of this run (batch size from the resolved ds_config)."""
-        from ..data.loader import LoaderConfig
-
         return LoaderConfig.from_dict({**self.data.loader, "batch_size": batch_size, "seed": self.seed,
                                        "time_encoding": self.model.time_encoding,
                                        "aux_frame_loss": self.model.aux_frame_loss})
@@ -220,13 +251,8 @@ def _plain(x):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Loading the YAML
-
-LOADER_KEYS_FROM_ELSEWHERE = {"batch_size": "the ds_config's train_micro_batch_size_per_gpu (or batch_size at the "
-                                            "top level of this file)",
-                              "time_encoding": "model.time_encoding", "aux_frame_loss": "model.aux_frame_loss",
-                              "seed": "seed at the top level of this file"}
-
+# Loading the YAML: keys and value types are checked here (the message names the file and the dotted key); values
+# are checked by the dataclasses above.
 
 def load_train_config(path, overrides: dict | None = None) -> TrainConfig:
     """Read a training YAML (yaml.safe_load), apply dotted overrides ({"steps": 10, "optim.lr": 1e-3}), check
@@ -290,67 +316,85 @@ def train_config_from_dict(data: dict, name: str = "<config>") -> TrainConfig:
     preset = model.pop("preset", "small")
     if preset not in PRESETS:
         raise UserError(f"{name}: model.preset: expected one of {', '.join(PRESETS)}, got {preset!r}")
-    model_fields = {f.name: f for f in fields(ModelConfig)}
-    hints = typing.get_type_hints(ModelConfig)
-    values = {}
-    for key, value in model.items():
+    model_fields = {f.name for f in fields(ModelConfig)}
+    for key in model:
         if key not in model_fields:
             raise UserError(f"{name}: model.{key}: unknown key; expected preset or one of: {', '.join(model_fields)}")
-        values[key] = _convert(value, hints[key], f"model.{key}", name)
     try:
-        model_cfg = replace(PRESETS[preset], **values)
+        model_cfg = replace(PRESETS[preset], **_values(ModelConfig, model, "model.", name))
     except ValueError as e:
         raise UserError(f"{name}: model: {e}") from None
     if "model_preset" in data:
         raise UserError(f"{name}: model_preset: write it as model.preset")
+    if "features" in data:
+        if "spec_augment" in data:
+            raise UserError(f"{name}: features: the old name of spec_augment; give only spec_augment")
+        data["spec_augment"] = _old_features_section(data.pop("features"), name)
+    if isinstance(data.get("data"), dict) and isinstance(data["data"].get("loader"), dict):
+        data["data"] = {**data["data"], "loader": _loader_values(data["data"]["loader"], name)}
     cfg = _build(TrainConfig, data, "", name, {"model": model_cfg, "model_preset": preset})
     if not cfg.data.train:
         raise UserError(f"{name}: data.train: expected a list of at least one training shard folder")
-    loader = cfg.data.loader
-    if not isinstance(loader, dict):
-        raise UserError(f"{name}: data.loader: expected a mapping of LoaderConfig fields")
-    _check_loader(loader, name)
     return cfg
 
 
-def _check_loader(loader: dict, name: str) -> None:
-    from ..data.loader import LoaderConfig
-
-    known = {f.name for f in fields(LoaderConfig)}
-    for key in loader:
-        if key in LOADER_KEYS_FROM_ELSEWHERE:
-            raise UserError(f"{name}: data.loader.{key}: set by {LOADER_KEYS_FROM_ELSEWHERE[key]}, not here")
-        if key not in known:
-            raise UserError(f"{name}: data.loader.{key}: unknown key; expected one of: "
-                            f"{', '.join(sorted(known - set(LOADER_KEYS_FROM_ELSEWHERE)))}")
-    try:
-        LoaderConfig.from_dict({**loader, "batch_size": 1})
-    except (TypeError, ValueError) as e:
-        raise UserError(f"{name}: data.loader: {e}") from None
+def _old_features_section(section, name: str) -> dict:
+    """`features: {spec_augment: B, time_mask_width: W, time_mask_prob: P}` (the section's old name) -> the keys
+    of the spec_augment section."""
+    section = {} if section is None else section
+    if not isinstance(section, dict):
+        raise UserError(f"{name}: features: expected a mapping, got {section!r}")
+    new_names = {"spec_augment": "enabled", "time_mask_width": "time_mask_width", "time_mask_prob": "time_mask_prob"}
+    for key in section:
+        if key not in new_names:
+            raise UserError(f"{name}: features.{key}: unknown key; expected one of: {', '.join(new_names)}")
+    return {new_names[k]: v for k, v in section.items()}
 
 
-def _build(cls, data, prefix: str, name: str, given: dict | None = None):
-    """A dataclass from a mapping, checking keys and value types; messages name the dotted key."""
+def _loader_values(loader: dict, name: str) -> dict:
+    """data.loader's values in their LoaderConfig types (augmentation as a dict of AugmentConfig values). Keys that
+    are not LoaderConfig's are left for DataConfig to refuse, with the keys it takes."""
+    hints = typing.get_type_hints(LoaderConfig)
+    out = {}
+    for key, value in loader.items():
+        if key == "augmentation":
+            out[key] = _values(AugmentConfig, value, "data.loader.augmentation.", name)
+        elif key in hints:
+            out[key] = _convert(value, hints[key], f"data.loader.{key}", name)
+        else:
+            out[key] = value
+    return out
+
+
+def _values(cls, data, prefix: str, name: str, given: dict | None = None) -> dict:
+    """A mapping's values checked against the fields of dataclass `cls` and converted to their types (a section of
+    another dataclass becomes that dataclass). Messages name the dotted key."""
     where = prefix.rstrip(".") or "top level"
     if not isinstance(data, dict):
         raise UserError(f"{name}: {where}: expected a mapping, got {type(data).__name__}")
     given = given or {}
-    known = {f.name: f for f in fields(cls)}
+    known = {f.name for f in fields(cls)}
     hints = typing.get_type_hints(cls)
-    kwargs = dict(given)
+    out = {}
     for key, value in data.items():
         if key not in known or key in given:
-            allowed = [k for k in known if k not in given or k == "model"]
+            allowed = [f.name for f in fields(cls) if f.name not in given or f.name == "model"]
             raise UserError(f"{name}: {prefix}{key}: unknown key; expected one of: {', '.join(allowed)}")
         hint = hints[key]
         if is_dataclass(hint):
-            kwargs[key] = _build(hint, value if value is not None else {}, f"{prefix}{key}.", name)
+            out[key] = _build(hint, value if value is not None else {}, f"{prefix}{key}.", name)
         else:
-            kwargs[key] = _convert(value, hint, prefix + key, name)
+            out[key] = _convert(value, hint, prefix + key, name)
+    return out
+
+
+def _build(cls, data, prefix: str, name: str, given: dict | None = None):
+    """A dataclass from a mapping: keys and types checked here, values by the dataclass itself."""
+    kwargs = {**(given or {}), **_values(cls, data, prefix, name, given)}
     try:
         return cls(**kwargs)
     except ValueError as e:
-        raise UserError(f"{name}: {e}") from None
+        raise UserError(f"{name}: {prefix}{e}") from None
 
 
 def _convert(value, hint, key: str, name: str):

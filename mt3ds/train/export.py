@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from ..config import AudioConfig
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..model.config import ModelConfig
 from ..model.io import model_meta, save_model
 from ..tokens import vocab
@@ -109,8 +109,7 @@ def export_run(run_dir, out, which: str = "best", step: int | None = None) -> di
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as e:
-        raise UserError(f"{tag_dir}: EMA weights do not fit the recorded model_config ({str(e).splitlines()[0]})") \
-            from None
+        raise UserError(f"{tag_dir}: EMA weights do not fit the recorded model_config ({first_line(e)})") from None
     meta = model_meta(cfg, {**training_record(state, tag_dir), "learning_curve": learning_curve(run_dir, state["step"])})
     meta["model_preset"] = state.get("model_preset")
     out = Path(out)

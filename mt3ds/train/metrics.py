@@ -2,42 +2,16 @@
 
 Every line is one JSON object with `step` and `kind` ("train" or "validation"). Only rank 0 writes. On resume the
 lines after the resumed step (written by the killed run) are dropped, so the file reads as one run.
-Throughput and MFU (model FLOPs utilization: analytic FLOPs of the forward and backward passes / time / the GPU's
-peak dense bf16 FLOP/s; recomputation by activation checkpointing is not counted) are figured here.
+The engine figures throughput and MFU from mt3ds/model/flops.py (analytic FLOPs of the forward and backward passes /
+time / the GPU's peak dense bf16 FLOP/s); `hardware` names what the run ran on.
 """
 from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
-from ..model.config import ModelConfig
-
-# Peak dense bf16 FLOP/s by GPU name (no sparsity); MFU is left out on other devices.
-PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "GH200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12}
-
-
-def forward_flops(cfg: ModelConfig, B: int, T: int, S: int) -> float:
-    """Analytic FLOPs of one teacher-forced forward pass: matmuls only, causal self-attention counted at half."""
-    from ..bench.model import forward_flops as flops
-
-    return flops(cfg, B, T, S)
-
-
-def train_flops(cfg: ModelConfig, B: int, T: int, S: int) -> float:
-    """Forward + backward (backward = 2x forward)."""
-    return 3.0 * forward_flops(cfg, B, T, S)
-
-
-def peak_flops(device) -> float | None:
-    """Peak dense bf16 FLOP/s of a CUDA device, or None when unknown or not a GPU."""
-    import torch
-
-    if getattr(device, "type", str(device)) != "cuda" or not torch.cuda.is_available():
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_BF16.items() if k in name), None)
+from ..files import write_text_atomic
 
 
 def hardware(device, world_size: int) -> str:
@@ -62,9 +36,7 @@ class MetricsLog:
         if self.path.exists():
             keep_until = resume_step if resume_step is not None else -1
             lines = [ln for ln in self.path.read_text(encoding="utf-8").splitlines() if _step_of(ln) <= keep_until]
-            tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
-            tmp.write_text("".join(ln + "\n" for ln in lines), encoding="utf-8")
-            os.replace(tmp, self.path)
+            write_text_atomic(self.path, "".join(ln + "\n" for ln in lines))
         self.file = open(self.path, "a", encoding="utf-8")
         if tensorboard:
             try:
