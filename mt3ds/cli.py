@@ -310,7 +310,8 @@ def bench_shard(as_json, minutes, tracks, repeats):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object of the figures.")
 @click.option("--seconds", type=float, default=60.0, show_default=True, help="Length of each rendered excerpt.")
 def bench_synth(as_json, seconds):
-    """Render fixed works (Slakh layout, both SoundFonts): audio seconds per second of one core, by stage."""
+    """Render fixed works and one song per genre (Slakh layout, every installed bank): audio seconds per second
+    of one core, by stage and per engine (FluidSynth, TiMidity++, Hydrogen kits)."""
     from .bench.synth import bench_synth as run
 
     _print_figures(run(seconds=seconds), as_json)

@@ -162,6 +162,8 @@ def soundfont_bank(path: str | Path, name: str | None = None, package: str = "",
         if banks:
             presets.append((program, banks[0], program))
     kits = tuple(sorted(p for b, p in found if b == 128))
+    if 0 not in kits:  # without the standard kit the bank's kits are special ones (FluidR3_GS: sound effects only)
+        kits = ()
     return Bank(name or path.stem, FLUIDSYNTH, str(path.resolve()), package, tuple(presets), kits, weight)
 
 
