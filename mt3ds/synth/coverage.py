@@ -12,6 +12,7 @@ import numpy as np
 
 from ..tokens import gm
 
+SPLIT_ABBREV = {"train": "tr", "validation": "va", "test": "te"}
 OCTAVES = 11  # MIDI octaves 0..10 (octave k holds pitches 12k..12k+11; MIDI 28 = E1 is in octave 2)
 
 
@@ -114,7 +115,7 @@ def report_lines(cov: dict) -> list[str]:
              "  hours per family: " + ", ".join(f"{k} {v:.2f}" for k, v in cov["hours_per_family"].items()),
              "  stem-hours per engine: " + ", ".join(f"{k} {v:.2f}" for k, v in cov["stem_hours_per_engine"].items()),
              "  stem-hours per bank (splits): " + ", ".join(
-                 f"{k} {v:.2f} ({'/'.join(s[:1] for s in cov['bank_splits'][k])})"
+                 f"{k} {v:.2f} ({'/'.join(SPLIT_ABBREV.get(s, s) for s in cov['bank_splits'][k])})"
                  for k, v in cov["stem_hours_per_bank"].items())]
     lines.append("  pitch octaves per family (share of notes in octaves 0..10; octave 2 = C1..B1):")
     for fam, hist in cov["octave_histogram_per_family"].items():

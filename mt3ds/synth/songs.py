@@ -117,7 +117,8 @@ def _plan(rng, genre: str, max_seconds: float) -> _Song:
     qpm = float(rng.uniform(*TEMPO[genre]))
     beats = 3 if genre in ("jazz", "ballad") and rng.random() < 0.15 else 4
     form = FORMS[int(rng.integers(len(FORMS)))]
-    progs = {name: PROGRESSIONS[genre][int(rng.integers(len(PROGRESSIONS[genre])))] for name in set(form)}
+    # sorted: a set of strings iterates in a per-process order, and the draws must not depend on it
+    progs = {name: PROGRESSIONS[genre][int(rng.integers(len(PROGRESSIONS[genre])))] for name in sorted(set(form))}
     bar_s = beats * 60.0 / qpm
     bars = []
     for name in form:
