@@ -160,6 +160,7 @@ def _render_timidity(arr: Arrangement, stem: Stem, n_samples: int, sample_rate: 
         mid, wav = Path(tmp) / "stem.mid", Path(tmp) / "stem.wav"
         write_midi(arr, [stem], mid)
         cmd = ["timidity", "-c", stem.bank.path, "-idq", "-Ow", "--output-mono", "--output-24bit", "-A60",
+               "--preserve-silence",  # TiMidity++ drops the silence before the first note by default
                "-s", str(sample_rate), "-EFreverb=d", "-EFchorus=d", "-o", str(wav), str(mid)]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
