@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 import struct
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..files import atomic_path, write_text_atomic
 from ..tokens import gm
 from .arrange import TPQ, Arrangement, Stem
 
@@ -29,9 +30,8 @@ def write_audio(audio: np.ndarray, path: Path, sample_rate: int, fmt: str) -> No
     """16-bit mono FLAC or WAV, through a temporary name."""
     import soundfile as sf
 
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    sf.write(str(tmp), np.clip(audio, -1.0, 1.0), sample_rate, format=fmt, subtype="PCM_16")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        sf.write(str(tmp), np.clip(audio, -1.0, 1.0), sample_rate, format=fmt, subtype="PCM_16")
 
 
 def write_midi(arr: Arrangement, stems: list[Stem], path: Path) -> None:
@@ -59,9 +59,8 @@ def write_midi(arr: Arrangement, stems: list[Stem], path: Path) -> None:
         for tick, value in stem.bend.tolist():
             track.pitch_bends.append(sc.PitchBendTick(int(tick), int(value)))
         score.tracks.append(track)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    score.dump_midi(str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        score.dump_midi(str(tmp))
 
 
 def write_slakh_track(final: Path, arr: Arrangement, stems_audio: list[np.ndarray], mix: np.ndarray,
@@ -133,6 +132,4 @@ def write_maestro_metadata(root: Path, rows: list[dict]) -> None:
         writer.writerow({k: row[k] for k in MAESTRO_COLUMNS})
     columns = {k: {str(i): row[k] for i, row in enumerate(rows)} for k in MAESTRO_COLUMNS}
     for name, text in ((f"{MAESTRO_NAME}.csv", buf.getvalue()), (f"{MAESTRO_NAME}.json", json.dumps(columns))):
-        tmp = root / f".{name}.{os.getpid()}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, root / name)
+        write_text_atomic(root / name, text)
