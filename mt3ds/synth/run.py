@@ -128,6 +128,9 @@ def _banks(opts: SynthOptions) -> tuple[list[Bank], dict[str, str]]:
     if opts.banks:
         names = {b.name for b in found}
         unknown = [n for n in opts.banks if n not in names]
+        for n in unknown:
+            if n in dropped:  # a known bank that is not installed or did not load: say which package
+                raise UserError(f"--bank {n}: {dropped[n]}")
         if unknown:
             raise UserError(f"--bank {', '.join(unknown)}: not installed or unknown (available: "
                             f"{', '.join(sorted(names))}; dropped: {', '.join(sorted(dropped)) or 'none'})")
@@ -426,7 +429,11 @@ def run_synth(opts: SynthOptions) -> dict:
 
     _check_environment()
     banks, dropped = _banks(opts)
-    train_pal, held_pal, held_names = split_palettes(banks, parse_holdout_timbres(opts.holdout_timbres))
+    asked = parse_holdout_timbres(opts.holdout_timbres)
+    for n in asked or ():
+        if n in dropped:
+            raise UserError(f"--holdout-timbres {n}: {dropped[n]}")
+    train_pal, held_pal, held_names = split_palettes(banks, asked)
     holdout = corpus.read_holdout(opts.holdout)
     identity = _identity(opts, banks, held_names, holdout)
     _check_out(opts, identity)
