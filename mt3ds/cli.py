@@ -172,7 +172,16 @@ def inspect_command(path, sample, wav, midi):
 @click.option("--layout", required=True, type=click.Choice(["slakh", "maestro"]),
               help="Slakh2100 (ensembles, stems, drums) or MAESTRO (solo piano) as published.")
 @click.option("--soundfont", "soundfonts", multiple=True, type=click.Path(dir_okay=False),
-              help="SoundFont to render with (repeat for several; default: FluidR3_GM and TimGM6mb).")
+              help="Render with this SoundFont only (repeat for several; default: every installed bank).")
+@click.option("--bank", "banks", multiple=True,
+              help="Use only this installed bank (repeatable): fluidr3_gm, fluidr3_gs, fluidr3mono, timgm6mb, "
+                   "csound, opl3, freepats (TiMidity++), kit:NAME (a Hydrogen kit).")
+@click.option("--holdout-timbres", default=None,
+              help="Banks only validation and test are rendered with (comma list, or 'none'; default: csound, "
+                   "freepats and three Hydrogen kits, as far as installed).")
+@click.option("--songs", type=float, default=None,
+              help="Share of the audio that is generated pop/rock/funk/jazz/latin/electronic/ballad songs "
+                   "(default 0.5 for slakh, 0 for maestro).")
 @click.option("--hours", type=float, default=1.0, show_default=True, help="Audio to render in all.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same files.")
 @click.option("--workers", type=int, default=0, help="Parallel processes (default: every CPU core).")
@@ -185,14 +194,19 @@ def inspect_command(path, sample, wav, midi):
 @click.option("--holdout", type=click.Path(dir_okay=False), default=None,
               help="List of held-out works (default: the one bundled with mt3ds).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def synth_command(out, layout, soundfonts, hours, seed, workers, max_seconds, parse_timeout, cache, works, holdout,
-                  quiet):
-    """Render real music (music21 corpus) with SoundFonts into a Slakh2100 or MAESTRO layout."""
+def synth_command(out, layout, soundfonts, banks, holdout_timbres, songs, hours, seed, workers, max_seconds,
+                  parse_timeout, cache, works, holdout, quiet):
+    """Render real music (music21 corpus) and generated songs into a Slakh2100 or MAESTRO layout.
+
+    Every installed General MIDI bank and engine plays (FluidSynth SoundFonts, TiMidity++ with freepats, Hydrogen
+    drum kits), with expressive playing and a record-like mix; validation and test hear only held-out banks.
+    Prints the corpus coverage: hours per instrument family and bank, pitch range, drum-hit rate, polyphony."""
     import os
 
     from .synth.run import SynthOptions, run_synth, summary_lines
 
-    summary = run_synth(SynthOptions(out=out, layout=layout, soundfonts=list(soundfonts), hours=hours, seed=seed,
+    summary = run_synth(SynthOptions(out=out, layout=layout, soundfonts=list(soundfonts), banks=list(banks) or None,
+                                     holdout_timbres=holdout_timbres, songs=songs, hours=hours, seed=seed,
                                      workers=workers or os.cpu_count() or 1, max_seconds=max_seconds,
                                      parse_timeout=parse_timeout, cache=cache, works=list(works) or None,
                                      holdout=holdout, progress=not quiet))
@@ -296,7 +310,8 @@ def bench_shard(as_json, minutes, tracks, repeats):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object of the figures.")
 @click.option("--seconds", type=float, default=60.0, show_default=True, help="Length of each rendered excerpt.")
 def bench_synth(as_json, seconds):
-    """Render fixed works (Slakh layout, both SoundFonts): audio seconds per second of one core, by stage."""
+    """Render fixed works and one song per genre (Slakh layout, every installed bank): audio seconds per second
+    of one core, by stage and per engine (FluidSynth, TiMidity++, Hydrogen kits)."""
     from .bench.synth import bench_synth as run
 
     _print_figures(run(seconds=seconds), as_json)

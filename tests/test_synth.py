@@ -71,7 +71,7 @@ def cache(tmp_path_factory):
 
 
 def _options(out, cache, **kw):
-    base = dict(out=out, layout="slakh", soundfonts=[str(TIM)], hours=40 / 3600, seed=7, workers=1,
+    base = dict(out=out, layout="slakh", soundfonts=[str(TIM)], hours=40 / 3600, seed=7, workers=1, songs=0.0,
                 max_seconds=8.0, cache=cache, works=WORKS, progress=False)
     base.update(kw)
     return SynthOptions(**base)

@@ -1,7 +1,7 @@
 """A parsed work -> one render's arrangement: instruments, tempo curve, humanized notes, drums, pedal, in MIDI ticks.
 
 Everything random comes from one seeded generator per render, drawn in a fixed order, so a render is a pure
-function of (work, seed, layout, soundfonts). The arrangement is kept in MIDI ticks under a tempo map with one
+function of (work, seed, layout, banks). The arrangement is kept in MIDI ticks under a tempo map with one
 tempo per quarter note: the MIDI files are written from it and the audio is rendered from the same ticks, so the
 two agree to the tick (about 0.5 ms).
 
@@ -10,12 +10,15 @@ part's register and range), transposition (whole piece, plus octave shifts per p
 tempo (the marked tempo scaled, or one chosen from the note values, with slow drift and a final ritardando),
 onset timing (part bias, shared chord jitter and per-note jitter: about 10 ms in all), articulation, velocity
 (phrase curves shared by the ensemble and per part, metric accents, the score's own dynamics, noise), a drum
-part for a share of renders, sustain pedal on piano parts, a SoundFont and a mix gain per stem.
+part for a share of renders, sustain pedal on piano parts, a bank per stem (banks.py), the players' controllers
+and the mix settings (expression.py), and a room for a share of tracks.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -176,7 +179,7 @@ class Stem:
     name: str  # General MIDI program name ('Drums' for the kit)
     program: int  # 0..127, or 128 for drums (as Slakh's metadata writes it)
     midi_program: int  # the program in the MIDI file; for drums the bank-128 kit preset
-    soundfont: str  # path of the SoundFont it is rendered with
+    bank: object  # the Bank it is rendered with (a SoundFont path is read as a FluidSynth bank)
     onset: np.ndarray  # int64 ticks
     offset: np.ndarray  # int64 ticks
     pitch: np.ndarray  # int32
@@ -184,10 +187,40 @@ class Stem:
     pedal: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))  # [n, 2] (tick, CC64 value)
     parts: tuple = ()  # the score parts it plays
     gain_db: float = 0.0  # mix level relative to the other stems at equal loudness
+    controls: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.int64))  # [n, 3] (tick, CC, value)
+    bend: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))  # [n, 2] (tick, -8192..8191)
+    pan: float = 0.0  # -1 left .. 1 right (CC10), before the mono downmix
+    eq_tilt_db: float = 0.0  # highs up / lows down by half of it each (render.tilt)
+    reverb: float = 0.0  # send to the track's room (0: dry)
+    fallback: bool = False  # rendered by another bank than the one first chosen (it lacked the program)
+
+    def __post_init__(self):
+        if isinstance(self.bank, (str, Path)):
+            self.bank = _bank_from_path(str(self.bank))
 
     @property
     def is_drum(self) -> bool:
         return self.program == DRUM_PROGRAM
+
+    @property
+    def pan_cc(self) -> int:
+        return int(np.clip(round(64 + 63 * self.pan), 1, 127))
+
+
+@lru_cache(maxsize=32)
+def _bank_from_path(path: str):
+    from .banks import soundfont_bank
+
+    return soundfont_bank(path)
+
+
+def as_palette(banks):
+    """A Palette from a Palette, a list of Banks, or a list of SoundFont paths (read as FluidSynth banks)."""
+    from .banks import Bank, Palette
+
+    if isinstance(banks, Palette):
+        return banks
+    return Palette([b if isinstance(b, Bank) else _bank_from_path(str(b)) for b in banks])
 
 
 @dataclass
@@ -364,8 +397,54 @@ def _excerpt(piece: Piece, grid: np.ndarray, seconds_at: np.ndarray, max_seconds
     return q0, q1
 
 
-def arrange(piece: Piece, seed: int, layout: str, soundfonts: list[str], max_seconds: float = 300.0) -> Arrangement:
-    """One render of PIECE, a pure function of its arguments. Raises ValueError for a piece it cannot use."""
+def pick_bank(palette, program: int, rng: np.random.Generator):
+    """(bank, fallback): a bank of PALETTE by weight; when it lacks PROGRAM, one that has it (fallback True).
+    ValueError when no bank of the palette plays PROGRAM."""
+    first = None
+    pitched = [b for b in palette.banks if b.presets]  # Hydrogen kits and kit-only banks play no programs
+    weights = np.array([b.weight for b in pitched], dtype=np.float64)
+    if program == DRUM_PROGRAM:
+        first = palette.choose(program, rng)
+    elif len(weights):
+        first = pitched[int(rng.choice(len(weights), p=weights / weights.sum()))]
+    if first is not None and first.has(program):
+        return first, False
+    other = palette.choose(program, rng)
+    if other is None:
+        raise ValueError(f"no bank plays {gm.program_name(program)} (program {program})")
+    return other, True
+
+
+def finish_drums(stem: Stem) -> Stem | None:
+    """A drum stem as its bank plays it: a Hydrogen kit plays some keys as others (drumkit.kit_keys) and lacks
+    some; the targets follow. None when nothing is left."""
+    from .banks import DRUMKIT
+    from .drumkit import kit_keys
+
+    if stem.bank.engine != DRUMKIT:
+        return stem
+    pitch = kit_keys(stem.bank.path, stem.pitch)
+    keep = pitch >= 0
+    stem.onset, stem.offset, stem.pitch, stem.velocity = (stem.onset[keep], stem.offset[keep], pitch[keep],
+                                                          stem.velocity[keep])
+    if not len(stem.onset):
+        return None
+    # two keys played as one: one hit per (tick, key)
+    order = np.lexsort((stem.pitch, stem.onset))
+    stem.onset, stem.offset, stem.pitch, stem.velocity = (a[order] for a in (stem.onset, stem.offset, stem.pitch,
+                                                                             stem.velocity))
+    dup = np.concatenate([[False], (np.diff(stem.onset) == 0) & (np.diff(stem.pitch) == 0)])
+    stem.onset, stem.offset, stem.pitch, stem.velocity = (a[~dup] for a in (stem.onset, stem.offset, stem.pitch,
+                                                                            stem.velocity))
+    return stem
+
+
+def arrange(piece: Piece, seed: int, layout: str, banks, max_seconds: float = 300.0) -> Arrangement:
+    """One render of PIECE, a pure function of its arguments (BANKS: a Palette, Banks or SoundFont paths).
+    Raises ValueError for a piece it cannot use."""
+    from .expression import express, mix_settings
+
+    palette = as_palette(banks)
     if layout not in LAYOUTS:
         raise ValueError(f"layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
     parts = [p for p in piece.parts if len(p.pitch)]
@@ -393,6 +472,7 @@ def arrange(piece: Piece, seed: int, layout: str, soundfonts: list[str], max_sec
     change = np.concatenate([[True], mspq[1:] != mspq[:-1]])
     tempo_tick, tempo_mspq = np.flatnonzero(change).astype(np.int64) * TPQ, mspq[change]
     qpm_at_u = lambda u: 60e6 / mspq[np.clip(np.floor(u).astype(np.int64), 0, n_quarters - 1)]  # noqa: E731
+    arr_seconds = Arrangement(tempo_tick, tempo_mspq, [], [], {}).seconds
 
     def ticks(u):
         return np.maximum(np.round(np.asarray(u) * TPQ), 0).astype(np.int64)
@@ -465,9 +545,13 @@ def arrange(piece: Piece, seed: int, layout: str, soundfonts: list[str], max_sec
         pedal = np.zeros((0, 2), np.int64)
         if program in PIANOS and rng.random() < (0.75 if layout == "maestro" else 0.4):
             pedal = _pedal(on, off, bars_u, meters_u, qpm_at_u, rng, ticks)
-        stems.append(Stem(gm.program_name(program), program, program, str(rng.choice(soundfonts)), on, off, pitch,
-                          vel, pedal, tuple(parts[i].name for i in group),
-                          float(rng.uniform(-6, 3) if role != "bass" else rng.uniform(-4, 2))))
+        bank, fallback = pick_bank(palette, program, rng)
+        stem = Stem(gm.program_name(program), program, program, bank, on, off, pitch, vel, pedal,
+                    tuple(parts[i].name for i in group), fallback=fallback)
+        if layout == "slakh":
+            express(stem, arr_seconds, rng)
+            mix_settings(stem, {"top": "lead", "bass": "bass"}.get(role, "comp"), style, rng)
+        stems.append(stem)
     if not stems:
         raise ValueError("no notes in the chosen excerpt")
 
@@ -481,16 +565,18 @@ def arrange(piece: Piece, seed: int, layout: str, soundfonts: list[str], max_sec
             vel = np.clip(np.round(part.velocity + rng.normal(0, 5, len(on))), 1, 127).astype(np.int32)
             order = np.lexsort((part.pitch, on))
             kit = part.kit
-            stems.append(Stem(gm.DRUMS_NAME, DRUM_PROGRAM, part.kit, str(rng.choice(soundfonts)), on[order],
-                              on[order] + TPQ // 8, part.pitch[order], vel[order], parts=("generated drums",),
-                              gain_db=float(rng.uniform(-3, 3))))
-    if layout == "maestro":  # one instrument, one SoundFont per render
-        for s in stems:
-            s.soundfont = stems[0].soundfont
+            bank, fallback = pick_bank(palette, DRUM_PROGRAM, rng)
+            stem = finish_drums(Stem(gm.DRUMS_NAME, DRUM_PROGRAM, part.kit, bank, on[order], on[order] + TPQ // 8,
+                                     part.pitch[order], vel[order], parts=("generated drums",), fallback=fallback))
+            if stem is not None:
+                mix_settings(stem, "drums", style, rng)
+                stems.append(stem)
+    room = float(rng.uniform(0.3, 1.6)) if layout == "slakh" and rng.random() < 0.5 else None
     info = {"style": style, "transpose": transpose, "tempo_scale": round(tempo_scale, 4),
             "median_qpm": round(float(np.median(60e6 / tempo_mspq)), 2), "excerpt_quarters": [q0, q1],
             "lead_in_s": round(lead_s, 4), "tightness": round(tightness, 4), "drums": kit is not None,
-            "drum_kit": kit, "quarters": round(q1 - q0, 4)}
+            "drum_kit": kit, "quarters": round(q1 - q0, 4),
+            "room_rt60": None if room is None else round(room, 3)}
     return Arrangement(tempo_tick, tempo_mspq, time_signatures, stems, info)
 
 

@@ -18,7 +18,8 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import UserError, first_line
+from ..files import atomic_path, write_text_atomic
 
 PARSE_FORMAT = "mt3ds-synth-parse-v1"  # bump when the cached content changes
 HOLDOUT_FILE = Path(__file__).resolve().parent.parent / "assets" / "holdout.txt"
@@ -214,9 +215,8 @@ def _parse_to_cache(path: Path, midi_path: Path, json_path: Path) -> dict:
     parts = list(expanded.parts) or [expanded]
     measures = list(parts[0].getElementsByClass(stream.Measure))
     bar_starts = sorted({round(float(m.offset), 6) for m in measures})
-    tmp = midi_path.with_name(midi_path.name + f".{os.getpid()}.tmp")
-    expanded.write("midi", fp=str(tmp))
-    os.replace(tmp, midi_path)
+    with atomic_path(midi_path) as tmp:
+        expanded.write("midi", fp=str(tmp))
     md = score.metadata
     return {"title": (md.title or md.movementName or "") if md else "",
             "composer": (md.composer or "") if md else "",
@@ -244,15 +244,12 @@ def parse_work(work_id: str, cache_dir: str, timeout_s: float) -> ParseResult:
         meta = {"ok": False, "reason": f"parsing took longer than {timeout_s:g} s", "timed_out": True,
                 "timeout_s": timeout_s}
     except Exception as e:  # music21 raises many types for malformed scores: the work is reported and skipped
-        first = str(e).splitlines()[0][:200] if str(e) else ""
-        meta = {"ok": False, "reason": f"music21 could not read it ({type(e).__name__}: {first})"}
+        meta = {"ok": False, "reason": f"music21 could not read it ({type(e).__name__}: {first_line(e)[:200]})"}
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
     meta.update(format=PARSE_FORMAT, work=work_id, parse_seconds=round(time.perf_counter() - start, 3))
-    tmp = json_path.with_name(json_path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(meta, indent=1, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, json_path)
+    write_text_atomic(json_path, json.dumps(meta, indent=1, sort_keys=True))
     return ParseResult(work_id, meta["ok"], meta["reason"])
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..files import atomic_path, write_text_atomic
 from ..tokens import gm
 from .arrange import TPQ, Arrangement, Stem
 
@@ -29,14 +30,13 @@ def write_audio(audio: np.ndarray, path: Path, sample_rate: int, fmt: str) -> No
     """16-bit mono FLAC or WAV, through a temporary name."""
     import soundfile as sf
 
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    sf.write(str(tmp), np.clip(audio, -1.0, 1.0), sample_rate, format=fmt, subtype="PCM_16")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        sf.write(str(tmp), np.clip(audio, -1.0, 1.0), sample_rate, format=fmt, subtype="PCM_16")
 
 
 def write_midi(arr: Arrangement, stems: list[Stem], path: Path) -> None:
     """STEMS as one General MIDI file (one track each, drums on channel 10) with the arrangement's tempo map,
-    meter and sustain pedal, through a temporary name."""
+    meter, sustain pedal, pan, the players' controllers and pitch bends, through a temporary name."""
     import symusic.core as sc
 
     score = sc.ScoreTick(TPQ)
@@ -51,12 +51,16 @@ def write_midi(arr: Arrangement, stems: list[Stem], path: Path) -> None:
             np.ascontiguousarray(stem.offset - stem.onset, dtype=np.int32),
             np.ascontiguousarray(stem.pitch, dtype=np.int8),
             np.ascontiguousarray(stem.velocity, dtype=np.int8))
+        track.controls.append(sc.ControlChangeTick(0, 10, stem.pan_cc))
         for tick, value in stem.pedal.tolist():
             track.controls.append(sc.ControlChangeTick(int(tick), 64, int(value)))
+        for tick, number, value in stem.controls.tolist():
+            track.controls.append(sc.ControlChangeTick(int(tick), int(number), int(value)))
+        for tick, value in stem.bend.tolist():
+            track.pitch_bends.append(sc.PitchBendTick(int(tick), int(value)))
         score.tracks.append(track)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    score.dump_midi(str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        score.dump_midi(str(tmp))
 
 
 def write_slakh_track(final: Path, arr: Arrangement, stems_audio: list[np.ndarray], mix: np.ndarray,
@@ -95,14 +99,19 @@ def slakh_metadata(uuid: str, arr: Arrangement, loudness: list, overall_gain: fl
             "is_drum": stem.is_drum,
             "midi_program_name": gm.program_name(stem.program),
             "midi_saved": True,
-            "plugin_name": Path(stem.soundfont).name,
+            "plugin_name": Path(stem.bank.path).name,
             "program_num": int(stem.program),
+            "bank": stem.bank.name,
+            "engine": stem.bank.engine,
+            "bank_fallback": bool(stem.fallback),
         }
     return {"UUID": uuid, "audio_dir": "stems", "midi_dir": "MIDI", "normalization_factor": reference_lufs,
             "normalized": True, "overall_gain": round(float(overall_gain), 6), "stems": stems,
             "synth": {**source, **arr.info,
                       "stem_parts": {f"S{i:02d}": list(s.parts) for i, s in enumerate(arr.stems)},
                       "stem_gain_db": {f"S{i:02d}": round(s.gain_db, 3) for i, s in enumerate(arr.stems)},
+                      "stem_mix": {f"S{i:02d}": {"pan": round(s.pan, 3), "eq_tilt_db": round(s.eq_tilt_db, 3),
+                                                 "reverb": round(s.reverb, 3)} for i, s in enumerate(arr.stems)},
                       "drum_kit_preset": next((s.midi_program for s in arr.stems if s.is_drum), None)}}
 
 
@@ -123,6 +132,4 @@ def write_maestro_metadata(root: Path, rows: list[dict]) -> None:
         writer.writerow({k: row[k] for k in MAESTRO_COLUMNS})
     columns = {k: {str(i): row[k] for i, row in enumerate(rows)} for k in MAESTRO_COLUMNS}
     for name, text in ((f"{MAESTRO_NAME}.csv", buf.getvalue()), (f"{MAESTRO_NAME}.json", json.dumps(columns))):
-        tmp = root / f".{name}.{os.getpid()}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, root / name)
+        write_text_atomic(root / name, text)

@@ -1,10 +1,13 @@
 """`mt3ds synth`: plan renders until the hours are reached, render them in parallel, write the layout, resume.
 
-The plan is a pure function of (seed, layout, SoundFonts, works, limits): round r visits every usable work once,
+The plan is a pure function of (seed, layout, banks, works, limits): round r visits every usable work once,
 in an order shuffled per round and interleaved across composers (so a small corpus is not all Palestrina), and
 each render's seed comes from (seed, round, work). Renders are appended until their audio adds up to --hours,
 so a larger --hours extends the same plan, and a re-run finds finished tracks on disk and skips them.
-Works are split by piece (corpus.split_of), never by render. DATA/mt3ds_synth.json records what made the folder
+Generated songs (songs.py) are interleaved with the works so that songs make up --songs of the audio; song i's
+seed comes from (seed, i). Works are split by piece (corpus.split_of), never by render, and songs by song.
+Cross-timbre splits: validation and test tracks are rendered only with the held-out banks (banks.HOLDOUT_TIMBRES
+or --holdout-timbres), training tracks never with them. DATA/mt3ds_synth.json records what made the folder
 and refuses a re-run that would mix two different plans in it.
 """
 from __future__ import annotations
@@ -21,17 +24,20 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..errors import UserError
+from ..errors import UserError, first_line
+from ..files import write_text_atomic
 from . import corpus
 from .arrange import LAYOUTS, arrange
+from .banks import Bank, Palette, available_banks, parse_holdout_timbres, soundfont_bank, split_palettes
 from .corpus import Work
 
-FORMAT = "mt3ds-synth-v1"
+FORMAT = "mt3ds-synth-v2"
 CONFIG_NAME = "mt3ds_synth.json"
-DEFAULT_SOUNDFONTS = ("/usr/share/sounds/sf2/FluidR3_GM.sf2", "/usr/share/sounds/sf2/TimGM6mb.sf2")
+SONGS_GROUP = "songs"  # generated songs are planned as works of this group: 'songs/000123'
 MAESTRO_YEARS = (2004, 2006, 2008, 2009, 2011, 2013, 2014, 2015, 2017, 2018)
 INSTALL_HINT = ("apt-get install -y --no-install-recommends fluidsynth fluid-soundfont-gm timgm6mb-soundfont "
-                "&& pip install 'mt3ds[synth]'")
+                "(more timbres: fluid-soundfont-gs fluidr3mono-gm-soundfont csound-soundfont opl3-soundfont "
+                "timidity freepats hydrogen-drumkits) && pip install 'mt3ds[synth]'")
 # Corpus folders by the composer MAESTRO's canonical_composer column would name.
 COMPOSERS = {"bach": "Johann Sebastian Bach", "beethoven": "Ludwig van Beethoven", "mozart": "Wolfgang Amadeus Mozart",
              "haydn": "Joseph Haydn", "palestrina": "Giovanni Pierluigi da Palestrina",
@@ -49,7 +55,10 @@ class SynthOptions:
 
     out: Path  # the dataset folder to write (created)
     layout: str  # 'slakh' or 'maestro'
-    soundfonts: list = field(default_factory=list)  # SoundFont paths; empty: DEFAULT_SOUNDFONTS that exist
+    soundfonts: list = field(default_factory=list)  # SoundFont paths: render with these only (FluidSynth)
+    banks: list | None = None  # names of installed banks to use (banks.KNOWN_BANKS, 'kit:NAME'); None: all
+    holdout_timbres: str | None = None  # banks only validation/test hear: comma list, 'none'; None: the default
+    songs: float | None = None  # share of the audio that is generated songs; None: 0.5 (Slakh), 0 (MAESTRO)
     hours: float = 1.0  # total audio to render
     seed: int = 0
     workers: int = 1  # processes for parsing and rendering
@@ -72,6 +81,12 @@ class SynthOptions:
             raise UserError(f"--max-seconds {self.max_seconds}: must be at least 5")
         if not self.parse_timeout > 0:
             raise UserError(f"--parse-timeout {self.parse_timeout}: must be positive")
+        if self.songs is None:
+            self.songs = 0.5 if self.layout == "slakh" else 0.0
+        if not 0.0 <= self.songs <= 1.0:
+            raise UserError(f"--songs {self.songs}: a share between 0 and 1")
+        if self.songs > 0 and self.layout == "maestro":
+            raise UserError("--songs: generated songs are band music, for the slakh layout only")
 
 
 @dataclass(frozen=True)
@@ -84,6 +99,7 @@ class Render:
     seed: int
     split: str
     seconds: float  # audio length
+    stats: dict = field(default=None, compare=False, repr=False)  # coverage.track_stats of its arrangement
 
     def uuid(self, seed: int) -> str:
         return hashlib.md5(f"mt3ds-synth:{seed}:{self.round}:{self.work.id}".encode()).hexdigest()
@@ -100,19 +116,28 @@ def _check_environment() -> None:
         raise UserError(f"FluidSynth is not available ({str(e).splitlines()[0]}): {INSTALL_HINT}") from None
 
 
-def _soundfonts(given: list) -> list[str]:
-    paths = [Path(p) for p in given] if given else [Path(p) for p in DEFAULT_SOUNDFONTS if Path(p).is_file()]
-    if not paths:
-        raise UserError(f"no SoundFont: none of {', '.join(DEFAULT_SOUNDFONTS)} exists; install them "
-                        f"({INSTALL_HINT}) or pass --soundfont FILE.sf2")
-    for p in paths:
-        if not p.is_file():
-            raise UserError(f"{p}: no such SoundFont file")
-        with open(p, "rb") as f:
-            head = f.read(12)
-        if head[:4] != b"RIFF" or head[8:12] != b"sfbk":
-            raise UserError(f"{p}: not a SoundFont 2 file (no RIFF sfbk header)")
-    return [str(p.resolve()) for p in paths]
+def _banks(opts: SynthOptions) -> tuple[list[Bank], dict[str, str]]:
+    """(banks to render with, {bank: why it is not used}). --soundfont: those files only; else every installed
+    bank (banks.available_banks), narrowed to --bank names when given."""
+    if opts.soundfonts:
+        for p in opts.soundfonts:
+            if not Path(p).is_file():
+                raise UserError(f"{p}: no such SoundFont file")
+        return [soundfont_bank(p) for p in opts.soundfonts], {}
+    found, dropped = available_banks()
+    if opts.banks:
+        names = {b.name for b in found}
+        unknown = [n for n in opts.banks if n not in names]
+        for n in unknown:
+            if n in dropped:  # a known bank that is not installed or did not load: say which package
+                raise UserError(f"--bank {n}: {dropped[n]}")
+        if unknown:
+            raise UserError(f"--bank {', '.join(unknown)}: not installed or unknown (available: "
+                            f"{', '.join(sorted(names))}; dropped: {', '.join(sorted(dropped)) or 'none'})")
+        found = [b for b in found if b.name in opts.banks]
+    if not any(b.presets for b in found):
+        raise UserError(f"no General MIDI bank installed: {INSTALL_HINT}")
+    return found, dropped
 
 
 def render_seed(seed: int, round_: int, work: Work) -> int:
@@ -136,13 +161,14 @@ def visit_order(works: list[Work], seed: int, round_: int) -> list[Work]:
     return order
 
 
-def _identity(opts: SynthOptions, soundfonts: list[str], holdout: frozenset) -> dict:
+def _identity(opts: SynthOptions, banks: list[Bank], held_timbres: list[str], holdout: frozenset) -> dict:
     """What decides the plan; a folder holds one plan only."""
     import music21
 
     return {"format": FORMAT, "layout": opts.layout, "seed": opts.seed, "max_seconds": opts.max_seconds,
             "parse_timeout": opts.parse_timeout,
-            "soundfonts": [{"name": Path(s).name, "bytes": Path(s).stat().st_size} for s in soundfonts],
+            "banks": [{"name": b.name, "engine": b.engine, "file": Path(b.path).name} for b in banks],
+            "holdout_timbres": list(held_timbres), "songs": opts.songs,
             "works": sorted(opts.works) if opts.works is not None else None,
             "holdout": sorted(holdout), "music21": music21.__version__}
 
@@ -166,9 +192,7 @@ def _check_out(opts: SynthOptions, identity: dict) -> None:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
 
 
 def composer_name(work: Work, from_score: str) -> str:
@@ -233,39 +257,65 @@ class _Context:
     out: str
     layout: str
     seed: int
-    soundfonts: tuple
+    train: Palette  # banks training tracks hear
+    held: Palette  # banks validation and test tracks hear
     max_seconds: float
     cache: str
 
 
-def _first_line(e: Exception) -> str:
-    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+def palette_for(split: str, train: Palette, held: Palette) -> Palette:
+    return train if split == "train" else held
+
+
+def is_song(work: Work) -> bool:
+    return work.group == SONGS_GROUP
+
+
+def song_work(i: int) -> Work:
+    wid = f"{SONGS_GROUP}/{i:06d}"
+    return Work(wid, SONGS_GROUP, wid)
+
+
+def arrange_render(r: Render, palette: Palette, layout: str, max_seconds: float, cache):
+    """The arrangement of planned render R (a generated song or a corpus work)."""
+    if is_song(r.work):
+        from .songs import arrange_song
+
+        return arrange_song(r.seed, palette, max_seconds)
+    return arrange(corpus.load_piece(r.work, cache), r.seed, layout, palette, max_seconds)
 
 
 def _render_one(args: tuple[Render, _Context]) -> tuple[int, str, float, float]:
-    """Render and write one planned track: (number, error or '', audio seconds, wall seconds)."""
+    """Render and write one planned track: (number, error or '', audio seconds, wall seconds). A render that
+    comes out silent or clipped is reported and skipped; anything else is a bug and stops the run."""
+    from .render import BadRender
+
     r, ctx = args
     start = time.perf_counter()
     try:
         _render_track(r, ctx)
         return r.number, "", r.seconds, time.perf_counter() - start
-    except Exception as e:  # a bad render is reported and skipped; the run goes on
-        return r.number, _first_line(e), 0.0, 0.0
+    except BadRender as e:
+        return r.number, first_line(e), 0.0, 0.0
 
 
 def _render_track(r: Render, ctx: _Context) -> None:
     from .layouts import slakh_metadata, write_maestro_pair, write_slakh_track
-    from .render import REFERENCE_LUFS, SAMPLE_RATE, mix_stems, render_stem, total_samples
+    from .render import REFERENCE_LUFS, SAMPLE_RATE, mix_stems, process_stems, render_stem, total_samples
 
     out = Path(ctx.out)
-    piece = corpus.load_piece(r.work, ctx.cache)
-    arr = arrange(piece, r.seed, ctx.layout, list(ctx.soundfonts), ctx.max_seconds)
+    arr = arrange_render(r, palette_for(r.split, ctx.train, ctx.held), ctx.layout, ctx.max_seconds, ctx.cache)
     n = total_samples(arr)
-    audio = [render_stem(arr, stem, n) for stem in arr.stems]
-    mix, stems, overall, lufs = mix_stems(audio, [s.gain_db for s in arr.stems])
+    audio = [render_stem(arr, stem, n, seed=r.seed + i) for i, stem in enumerate(arr.stems)]
+    mix, stems, overall, lufs = mix_stems(process_stems(arr, audio, r.seed), [s.gain_db for s in arr.stems])
     if ctx.layout == "slakh":
+        if is_song(r.work):
+            title, composer = f"{arr.info['genre']} song {r.work.id.split('/')[-1]}", "mt3ds song arranger"
+        else:
+            piece = corpus.load_piece(r.work, ctx.cache)
+            title, composer = title_of(r.work, piece.title), composer_name(r.work, piece.composer)
         source = {"generator": f"mt3ds {__version__} synth", "work": r.work.id, "piece": r.work.work_key,
-                  "title": title_of(r.work, piece.title), "composer": composer_name(r.work, piece.composer),
+                  "title": title, "composer": composer,
                   "render": r.round, "seed": r.seed,
                   "sample_rate": SAMPLE_RATE}
         meta = slakh_metadata(r.uuid(ctx.seed), arr, lufs, overall, REFERENCE_LUFS, source)
@@ -295,21 +345,56 @@ def _pool(workers: int):
     return multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
 
 
-def plan_renders(opts: SynthOptions, works: list[Work], soundfonts: list[str], cache: Path, pool,
+def plan_renders(opts: SynthOptions, works: list[Work], palettes: tuple[Palette, Palette], cache: Path, pool,
                  skipped: dict) -> list[Render]:
-    """Renders in plan order until their audio reaches opts.hours. Works that cannot be used go into SKIPPED."""
+    """Renders in plan order until their audio reaches opts.hours: corpus works, with generated songs
+    interleaved so that they make up opts.songs of the audio. Works that cannot be used go into SKIPPED."""
     from functools import partial
 
     from tqdm import tqdm
 
+    from .coverage import track_stats
     from .render import SAMPLE_RATE, total_samples
 
     target = opts.hours * 3600.0
     parse = partial(corpus.parse_work, cache_dir=str(cache), timeout_s=opts.parse_timeout)
-    plan, total = [], 0.0
+    plan: list[Render] = []
+    seconds_of = {"works": 0.0, "songs": 0.0}
     bar = tqdm(total=round(target), unit="s", desc="planning", disable=not opts.progress)
+    next_song = [0]
+
+    def total() -> float:
+        return seconds_of["works"] + seconds_of["songs"]
+
+    def add(w: Work, round_: int, seed: int) -> bool:
+        split = corpus.split_of(w)
+        r = Render(len(plan) + 1, w, round_, seed, split, 0.0)
+        try:
+            arr = arrange_render(r, palette_for(split, *palettes), opts.layout, opts.max_seconds, cache)
+        except ValueError as e:  # a work this layout cannot use (one part for Slakh, no notes, no bank for it)
+            skipped[w.id] = str(e)
+            return False
+        seconds = total_samples(arr) / SAMPLE_RATE
+        plan.append(Render(r.number, w, round_, seed, split, seconds, track_stats(arr)))
+        seconds_of["songs" if is_song(w) else "works"] += seconds
+        bar.update(round(total()) - bar.n)
+        return True
+
+    def add_songs() -> None:
+        """Songs until they are opts.songs of the audio planned so far (or the target is reached)."""
+        if opts.songs <= 0:
+            return
+        while total() < target and (opts.songs >= 1.0 or seconds_of["songs"] < opts.songs / (1 - opts.songs)
+                                    * max(seconds_of["works"], 1.0)):
+            w = song_work(next_song[0])
+            next_song[0] += 1
+            add(w, 0, render_seed(opts.seed, 0, w))
+            if next_song[0] > 100 + 10 * len(plan):
+                raise UserError("generated songs keep failing: no bank plays their instruments")
+
+    add_songs()
     round_ = 0
-    while total < target:
+    while total() < target:
         usable = 0
         order = [w for w in visit_order(works, opts.seed, round_) if w.id not in skipped]
         batch = 4 * opts.workers
@@ -320,23 +405,12 @@ def plan_renders(opts: SynthOptions, works: list[Work], soundfonts: list[str], c
                 if not res.ok:
                     skipped[w.id] = res.reason
                     continue
-                seed = render_seed(opts.seed, round_, w)
-                try:
-                    arr = arrange(corpus.load_piece(w, cache), seed, opts.layout, soundfonts, opts.max_seconds)
-                except ValueError as e:  # a work this layout cannot use (one part for Slakh, no notes)
-                    skipped[w.id] = str(e)
-                    continue
-                except Exception as e:  # anything else is a bad work too: reported, and the run goes on
-                    skipped[w.id] = f"cannot arrange it ({_first_line(e)})"
-                    continue
-                seconds = total_samples(arr) / SAMPLE_RATE
-                plan.append(Render(len(plan) + 1, w, round_, seed, corpus.split_of(w), seconds))
-                total += seconds
-                usable += 1
-                bar.update(round(total) - bar.n)
-                if total >= target:
+                if add(w, round_, render_seed(opts.seed, round_, w)):
+                    usable += 1
+                    add_songs()
+                if total() >= target:
                     break
-            if total >= target:
+            if total() >= target:
                 break
         if usable == 0:
             bar.close()
@@ -351,10 +425,17 @@ def run_synth(opts: SynthOptions) -> dict:
     """Make (or complete) a synthetic dataset in OUT; returns the summary also written to OUT/mt3ds_synth.json."""
     from tqdm import tqdm
 
+    from .coverage import coverage
+
     _check_environment()
-    soundfonts = _soundfonts(opts.soundfonts)
+    banks, dropped = _banks(opts)
+    asked = parse_holdout_timbres(opts.holdout_timbres)
+    for n in asked or ():
+        if n in dropped:
+            raise UserError(f"--holdout-timbres {n}: {dropped[n]}")
+    train_pal, held_pal, held_names = split_palettes(banks, asked)
     holdout = corpus.read_holdout(opts.holdout)
-    identity = _identity(opts, soundfonts, holdout)
+    identity = _identity(opts, banks, held_names, holdout)
     _check_out(opts, identity)
     cache = Path(opts.cache) if opts.cache else Path(
         os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mt3ds" / "music21"
@@ -375,9 +456,9 @@ def run_synth(opts: SynthOptions) -> dict:
     skipped: dict[str, str] = {}
     pool = _pool(opts.workers)
     try:
-        plan = plan_renders(opts, works, soundfonts, cache, pool, skipped)
+        plan = plan_renders(opts, works, (train_pal, held_pal), cache, pool, skipped)
         todo = [r for r in plan if not is_done(opts.out, opts.layout, r)]
-        ctx = _Context(str(opts.out), opts.layout, opts.seed, tuple(soundfonts), opts.max_seconds, str(cache))
+        ctx = _Context(str(opts.out), opts.layout, opts.seed, train_pal, held_pal, opts.max_seconds, str(cache))
         failed, rendered_s, render_wall = {}, 0.0, 0.0
         jobs = [(r, ctx) for r in todo]
         results = pool.imap_unordered(_render_one, jobs) if pool else map(_render_one, jobs)
@@ -410,6 +491,9 @@ def run_synth(opts: SynthOptions) -> dict:
         "failed": [{"track": n, "reason": why} for n, why in sorted(failed.items())],
         "skipped_works": [{"work": w, "reason": why} for w, why in sorted(skipped.items())],
         "held_out": held, "works_available": len(works),
+        "banks": {"train": [b.name for b in train_pal.banks], "validation_test": [b.name for b in held_pal.banks],
+                  "held_out_timbres": held_names, "dropped": dropped},
+        "coverage": coverage([(r.split, r.seconds, r.stats) for r in done]),
     }
     _write_json(opts.out / CONFIG_NAME, {"identity": identity, "code_version": __version__,
                                          "options": {"hours": opts.hours, "workers": opts.workers},
@@ -417,7 +501,8 @@ def run_synth(opts: SynthOptions) -> dict:
                                                      if k not in ("audio_seconds_per_second",
                                                                   "render_seconds_per_track_core",
                                                                   "rendered_now", "already_there")},
-                                         "tracks": [{**asdict(r), "work": r.work.id} for r in done]})
+                                         "tracks": [{**{k: v for k, v in asdict(r).items() if k != "stats"},
+                                                     "work": r.work.id} for r in done]})
     return summary
 
 
@@ -434,12 +519,19 @@ def _maestro_row(out: Path, r: Render, cache: Path) -> dict:
 
 
 def summary_lines(summary: dict) -> list[str]:
-    """The command's report: what is in the folder, what this run did, what it skipped and why."""
+    """The command's report: what is in the folder, what this run did, what it skipped and why, its coverage."""
+    from .coverage import report_lines as coverage_lines
+
     s = summary["splits"]
     lines = [f"{summary['tracks']} tracks, {summary['hours']:.3f} h (train {s['train']}, validation "
              f"{s['validation']}, test {s['test']}); rendered now {summary['rendered_now']}, already there "
              f"{summary['already_there']}; {summary['audio_seconds_per_second']:.1f} audio s/s",
-             f"held out: {len(summary['held_out'])} works; works available: {summary['works_available']}"]
+             f"held out: {len(summary['held_out'])} works; works available: {summary['works_available']}",
+             f"banks: train {', '.join(summary['banks']['train'])}; validation/test "
+             f"{', '.join(summary['banks']['validation_test'])}"
+             + ("" if summary["banks"]["held_out_timbres"] else " (no cross-timbre split)")]
+    lines += [f"  not used: {name}: {why}" for name, why in summary["banks"]["dropped"].items()]
+    lines += coverage_lines(summary["coverage"])
     if summary["skipped_works"]:
         lines.append(f"skipped {len(summary['skipped_works'])} works:")
         lines += [f"  {s['work']}: {s['reason']}" for s in summary["skipped_works"][:20]]

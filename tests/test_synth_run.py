@@ -1,0 +1,66 @@
+"""mt3ds synth with generated songs: the cross-timbre split holds on disk, same seed gives the same files whatever
+the worker count, and the summary carries the corpus coverage."""
+from __future__ import annotations
+
+import hashlib
+import shutil
+
+import pytest
+import yaml
+
+from synth_fixtures import TIM, need_fluidsynth
+
+need_fluidsynth()
+
+from mt3ds.errors import UserError  # noqa: E402
+from mt3ds.synth.run import SynthOptions, run_synth  # noqa: E402
+
+
+def _hashes(root):
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.suffix in (".mid", ".flac")}
+
+
+@pytest.fixture(scope="module")
+def two_banks(tmp_path_factory):
+    """TimGM6mb twice under two names: 'TimGM6mb' for training, 'HeldOut' only for validation and test."""
+    folder = tmp_path_factory.mktemp("banks")
+    held = folder / "HeldOut.sf2"
+    shutil.copyfile(TIM, held)
+    return [str(TIM), str(held)]
+
+
+def _options(out, banks, **kw):
+    base = dict(out=out, layout="slakh", soundfonts=banks, holdout_timbres="HeldOut", songs=1.0, hours=150 / 3600,
+                seed=3, workers=1, max_seconds=12.0, progress=False)
+    base.update(kw)
+    return SynthOptions(**base)
+
+
+def test_held_out_timbres_never_render_a_training_track(tmp_path, two_banks):
+    out = tmp_path / "songs"
+    summary = run_synth(_options(out, two_banks))
+    assert summary["tracks"] >= 8 and not summary["failed"]
+    assert summary["splits"]["train"] and summary["splits"]["validation"] + summary["splits"]["test"]
+    for meta_path in out.glob("*/Track*/metadata.yaml"):
+        meta = yaml.safe_load(meta_path.read_text(encoding="utf-8"))
+        used = {s["bank"] for s in meta["stems"].values()}
+        split = meta_path.parent.parent.name
+        assert used == ({"TimGM6mb"} if split == "train" else {"HeldOut"}), (split, used)
+    cov = summary["coverage"]
+    assert cov["bank_splits"]["TimGM6mb"] == ["train"] and "train" not in cov["bank_splits"]["HeldOut"]
+    assert cov["tracks"] == summary["tracks"] and cov["lowest_pitch"] >= 28 and cov["bass_below_40"] > 0
+    assert summary["banks"]["held_out_timbres"] == ["HeldOut"]
+
+    twin = tmp_path / "twin"
+    run_synth(_options(twin, two_banks, workers=2))
+    assert _hashes(twin) == _hashes(out)  # same seed, same files, one worker or two
+
+
+def test_bad_split_options_are_one_line_errors(tmp_path, two_banks):
+    with pytest.raises(UserError, match="not among the banks"):
+        run_synth(_options(tmp_path / "a", two_banks, holdout_timbres="nosuch"))
+    with pytest.raises(UserError, match="songs"):
+        _options(tmp_path / "b", two_banks, songs=1.5)
+    with pytest.raises(UserError, match="slakh layout only"):
+        _options(tmp_path / "c", two_banks, layout="maestro")
