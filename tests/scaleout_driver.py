@@ -43,18 +43,19 @@ def read_samples(folder) -> list[dict]:
     return [decode_sample(raw) for raw in pipeline]
 
 
-def fixed_batches(folder, global_batch: int, steps: int, world: int, time_encoding: str, seed: int = 0
+def fixed_batches(folder, global_batch: int, steps: int, time_encoding: str, slices: int = 2, seed: int = 0
                   ) -> list[list[int]]:
-    """For each step, `global_batch` sample indices whose `world` equal slices hold equal target-token counts."""
+    """For each step, `global_batch` sample indices whose `slices` equal slices hold equal target-token counts (the
+    same picks at every world size: one rank trains on all slices of a step, `slices` ranks on one each)."""
     from mt3ds.data.loader import collate
 
     samples = read_samples(folder)
     tokens = [int(collate([s], time_encoding)["attention_mask"].sum()) for s in samples]
-    per = global_batch // world
+    per = global_batch // slices
     picks = []
     for combo in itertools.permutations(range(len(samples)), global_batch):
-        slices = [combo[i * per:(i + 1) * per] for i in range(world)]
-        if all(list(s) == sorted(s) for s in slices) and len({sum(tokens[i] for i in s) for s in slices}) == 1:
+        parts = [combo[i * per:(i + 1) * per] for i in range(slices)]
+        if all(list(s) == sorted(s) for s in parts) and len({sum(tokens[i] for i in s) for s in parts}) == 1:
             picks.append(list(combo))
         if len(picks) >= 50 * steps:
             break
@@ -111,6 +112,7 @@ def main() -> int:
                    help="One bin/train.py run (repeatable, run in order); {rank} in CONFIG becomes this rank.")
     p.add_argument("--out", required=True, help="Folder for pid_rankR, returncodes_rankR.json, loader_rankR.json.")
     p.add_argument("--loader-folders", nargs="*", default=[], help="Dump the real training loader over these first.")
+    p.add_argument("--expect", default=None, help="Comma-separated exit statuses the runs should have (default: all 0).")
     p.add_argument("--local_rank", type=int, default=None)
     args = p.parse_args()
     if args.local_rank is not None:
@@ -135,7 +137,7 @@ def main() -> int:
     for ds_path, cfg_path in args.run:
         cfg_path = cfg_path.replace("{rank}", str(rank))
         cfg = load_train_config(cfg_path)
-        picks = fixed_batches(args.fixed_data, args.global_batch, cfg.steps, world, cfg.model.time_encoding)
+        picks = fixed_batches(args.fixed_data, args.global_batch, cfg.steps, cfg.model.time_encoding)
 
         def fixed_train_loader(folders, loader_cfg, rank=None, world_size=None, picks=picks, cfg=cfg):
             assert loader_cfg.batch_size * world_size == args.global_batch, "micro-batch x ranks != --global-batch"
@@ -144,7 +146,8 @@ def main() -> int:
         loader_module.train_loader = fixed_train_loader  # train() imports it from the module when it runs
         codes.append(train_py.main(["--ds_config", ds_path, "--config", cfg_path]))
     (out / f"returncodes_rank{rank}.json").write_text(json.dumps(codes))
-    return max(codes)
+    expected = [int(c) for c in args.expect.split(",")] if args.expect else [0] * len(codes)
+    return 0 if codes == expected else 1  # a refusal can be what a test wants; anything else fails the launch
 
 
 if __name__ == "__main__":
