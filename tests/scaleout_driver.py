@@ -112,7 +112,8 @@ def main() -> int:
                    help="One bin/train.py run (repeatable, run in order); {rank} in CONFIG becomes this rank.")
     p.add_argument("--out", required=True, help="Folder for pid_rankR, returncodes_rankR.json, loader_rankR.json.")
     p.add_argument("--loader-folders", nargs="*", default=[], help="Dump the real training loader over these first.")
-    p.add_argument("--expect", default=None, help="Comma-separated exit statuses the runs should have (default: all 0).")
+    p.add_argument("--expect", default=None,
+                   help="Comma-separated exit statuses the runs should have (default: all 0).")
     p.add_argument("--local_rank", type=int, default=None)
     args = p.parse_args()
     if args.local_rank is not None:

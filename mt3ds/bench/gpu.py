@@ -50,7 +50,8 @@ def _flash_verified(preset: str, device, dry_run: bool) -> dict:
         attn.force_backend(None)
     names = {e.key for e in prof.key_averages()}
     flash = sorted(n for n in names if "flash" in n.lower())
-    other = sorted(n for n in names if "efficient_attention" in n.lower() or n == "aten::_scaled_dot_product_attention_math")
+    other = sorted(n for n in names
+                   if "efficient_attention" in n.lower() or n == "aten::_scaled_dot_product_attention_math")
     return {"flash_kernels": flash, "other_attention_kernels": other, "flash_verified": bool(flash)}
 
 
@@ -156,7 +157,8 @@ def bench_gpu(dry_run: bool = False, steps: int | None = None) -> dict:
 
     loader = _loader_rate(dry_run)
     demand = training[presets[0]]["flash"]["ckpt_off_samples_per_s"]
-    out["loader"] = {**loader, "gpu_demand_samples_per_s": demand, "loader_over_demand": loader["samples_per_s"] / demand}
+    out["loader"] = {**loader, "gpu_demand_samples_per_s": demand,
+                     "loader_over_demand": loader["samples_per_s"] / demand}
 
     out["transcribe"] = bench_transcribe(None, seconds=4.0 if dry_run else 60.0, uncached_chunks=1,
                                          device=str(device))
