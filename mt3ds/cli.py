@@ -355,9 +355,9 @@ def bench_train(as_json, preset, ds_config, batch, tokens, steps, precision, che
 @click.option("--dry-run", is_flag=True, help="Run every part on the CPU at tiny sizes (no GPU needed).")
 @click.option("--steps", type=int, default=None, help="Timed training steps per setting (default 10; dry run 2).")
 def bench_gpu(dry_run, steps):
-    """GPU check in one run (~5 min on one H100/H200): bf16 step time and MFU of base and base_v2 with flash vs math
-    attention (flash verified), FusedAdam loaded, ZeRO-1/2 and activation checkpointing memory and time, KV-cache
-    speed-up, loader samples/s against the GPU's demand, transcription RTF. Prints one JSON object."""
+    """GPU check in one run (sized for < 8 min on one H100/H200): bf16 step time and MFU of base and base_v2 with
+    flash vs math attention (flash verified), FusedAdam loaded, ZeRO-1/2 and activation checkpointing memory and
+    time, KV-cache speed-up, loader samples/s against the GPU's demand, transcription RTF. Prints one JSON object."""
     import os
     import sys
 

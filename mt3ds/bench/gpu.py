@@ -1,4 +1,5 @@
-"""`mt3ds bench gpu`: the GPU-only figures in one run (about 5 minutes on one H100/H200), printed as one JSON object.
+"""`mt3ds bench gpu`: the GPU-only figures in one run, printed as one JSON object (sized for under 8 minutes on one
+H100/H200; not yet timed on one).
 
     bf16 training step (DeepSpeed engine, ds_configs/bf16.json) of base and base_v2 with the flash and the math
         attention backend: seconds per step, samples/s, MFU; flash verified by profiling a forward pass and finding
