@@ -64,6 +64,14 @@ def main(argv=None) -> int:
     except UserError as e:
         print(f"train.py: error: {e}", file=sys.stderr, flush=True)
         return e.exit_code
+    except RuntimeError as e:  # torch.distributed's errors are RuntimeErrors; only a lost rank becomes one line
+        from mt3ds.train.engine import lost_rank_message
+
+        message = lost_rank_message(e)
+        if message is None:
+            raise
+        print(f"train.py: error: {message}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

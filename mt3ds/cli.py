@@ -332,17 +332,66 @@ def bench_synth(as_json, seconds):
               help="Override the ds_config's bf16 switch.")
 @click.option("--checkpointing", default="off,on", show_default=True,
               help="Activation checkpointing settings to measure: off, on or off,on.")
-def bench_train(as_json, preset, ds_config, batch, tokens, steps, precision, checkpointing):
-    """DeepSpeed training step: samples/s, tokens/s, MFU (GPU), peak memory; activation checkpointing off vs on."""
-    from .bench.train import bench_train as run
+@click.option("--ranks", default="1", show_default=True,
+              help="Data-parallel world sizes, e.g. 1,2: one `deepspeed --num_gpus R` launch each (R GPUs, or R gloo "
+                   "ranks sharing the CPU's cores) and the samples/s scaling against the first.")
+def bench_train(as_json, preset, ds_config, batch, tokens, steps, precision, checkpointing, ranks):
+    """DeepSpeed training step: samples/s, tokens/s, MFU (GPU), peak memory; activation checkpointing off vs on;
+    data-parallel scaling with --ranks."""
+    import os
 
     settings = tuple(s.strip() for s in checkpointing.split(",") if s.strip())
     if not settings or any(s not in ("off", "on") for s in settings):
         raise UserError(f"--checkpointing {checkpointing}: expected off, on or off,on")
-    _print_figures(run(preset=preset, ds_config=ds_config, batch=batch, tokens=tokens, steps=steps,
-                       precision=precision, checkpointing=settings), as_json)
+    try:
+        world_sizes = tuple(int(r) for r in ranks.split(","))
+    except ValueError:
+        world_sizes = ()
+    if not world_sizes or min(world_sizes) < 1:
+        raise UserError(f"--ranks {ranks}: expected positive integers separated by commas, e.g. 1,2")
+    kw = dict(preset=preset, ds_config=ds_config, batch=batch, tokens=tokens, steps=steps, precision=precision,
+              checkpointing=settings)
+    if world_sizes == (int(os.environ.get("WORLD_SIZE", "1")),):  # this process is (one of) the ranks
+        from .bench.train import bench_train as run
+
+        figures = run(**kw)
+        if int(os.environ.get("RANK", "0")) == 0:
+            _print_figures(figures, as_json)
+        return
+    from .bench.train import bench_train_ranks
+
+    _print_figures(bench_train_ranks(world_sizes, **kw), as_json)
 
 # --- end bench train -----------------------------------------------------------------------------------------------
+
+# --- bench gpu (bench/gpu.py: the GPU-only figures in one run) ----------------------------------------------------
+
+@bench.command("gpu")
+@click.option("--dry-run", is_flag=True, help="Run every part on the CPU at tiny sizes (no GPU needed).")
+@click.option("--steps", type=int, default=None, help="Timed training steps per setting (default 10; dry run 2).")
+def bench_gpu(dry_run, steps):
+    """GPU check in one run (sized for < 8 min on one H100/H200): bf16 step time and MFU of base and base_v2 with
+    flash vs math attention (flash verified), FusedAdam loaded, ZeRO-1/2 and activation checkpointing memory and
+    time, KV-cache speed-up, loader samples/s against the GPU's demand, transcription RTF. Prints one JSON object."""
+    import os
+    import sys
+
+    from .bench.gpu import bench_gpu as run
+
+    # DeepSpeed and the profiler log to stdout (some from C++): send all of it to stderr while the check runs, so
+    # stdout holds only the JSON object
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        figures = run(dry_run=dry_run, steps=steps)
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+    _print_figures(figures, as_json=True)
+
+# --- end bench gpu -------------------------------------------------------------------------------------------------
 
 
 @bench.command("transcribe")

@@ -101,3 +101,63 @@ def bench_train(preset: str = "base", ds_config=None, batch: int | None = None, 
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return fig
+
+
+def bench_train_ranks(ranks: tuple[int, ...], preset: str = "base", ds_config=None, batch: int | None = None,
+                      tokens: int = 1024, steps: int = 10, precision: str = "config",
+                      checkpointing: tuple[str, ...] = ("off",)) -> dict:
+    """`bench_train` at several data-parallel world sizes: one `deepspeed --num_gpus R` launch per R (gloo ranks on
+    a CPU, one GPU each on a GPU node), rank 0's figures collected, and the scaling of samples/s against the
+    first R. On a CPU every rank gets cores // R OpenMP threads, so the ranks share the machine rather than
+    oversubscribe it and the ratio shows what data parallelism costs or gains on the same cores."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from ..errors import UserError
+    from ..train.engine import _free_port
+
+    launcher = shutil.which("deepspeed")
+    if launcher is None:
+        raise UserError("deepspeed: launcher not found on PATH (pip install deepspeed)")
+    on_gpu = torch.cuda.is_available()
+    cores = os.cpu_count() or 1
+    runs = {}
+    for r in ranks:
+        if on_gpu and r > torch.cuda.device_count():
+            raise UserError(f"--ranks {r}: only {torch.cuda.device_count()} GPUs here")
+        args = [launcher, "--num_gpus", str(r), "--master_port", str(_free_port()), "--no_local_rank", "--module",
+                "mt3ds", "bench", "train", "--json", "--ranks", str(r), "--preset", preset, "--tokens", str(tokens),
+                "--steps", str(steps), "--precision", precision, "--checkpointing", ",".join(checkpointing)]
+        if ds_config:
+            args += ["--ds-config", str(Path(ds_config).resolve())]
+        if batch:
+            args += ["--batch", str(batch)]
+        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR",
+                                                                "MASTER_PORT")}
+        env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2]) + os.pathsep + env.get("PYTHONPATH", "")
+        if not on_gpu:
+            env["OMP_NUM_THREADS"] = str(max(1, cores // r))
+        done = subprocess.run(args, capture_output=True, text=True, env=env)
+        figures = None
+        for line in done.stdout.splitlines():
+            if line.startswith("{"):
+                try:
+                    figures = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+        if done.returncode != 0 or figures is None:
+            tail = (done.stderr.strip() or done.stdout.strip()).splitlines()
+            raise UserError(f"bench train --ranks {r}: the launch failed (exit {done.returncode}): "
+                            f"{tail[-1] if tail else 'no output'}")
+        runs[str(r)] = figures
+    base = ranks[0]
+    out = {"ranks": list(ranks), "runs": runs, "cores": cores, "load_average_1min": os.getloadavg()[0]}
+    for setting in checkpointing:
+        key = f"ckpt_{setting}_samples_per_s"
+        first = runs[str(base)][key]
+        out[f"ckpt_{setting}_scaling"] = {str(r): runs[str(r)][key] / first for r in ranks}
+        out[f"ckpt_{setting}_efficiency"] = {str(r): runs[str(r)][key] / first * base / r for r in ranks}
+    return out

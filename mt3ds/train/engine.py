@@ -60,9 +60,33 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# Seconds a collective (or the rendezvous at start) may wait for a missing rank before failing. A rank that dies is
+# noticed at once (its sockets close); this bounds the wait for one that hangs, or a node that never starts. The
+# longest normal wait between collectives is one rank's share of a validation or a checkpoint save, far below it.
+DIST_TIMEOUT_ENV = "MT3DS_DIST_TIMEOUT_S"
+DIST_TIMEOUT_S = 600
+
+
+def dist_timeout_seconds() -> float:
+    """The collective timeout: MT3DS_DIST_TIMEOUT_S from the environment, else DIST_TIMEOUT_S."""
+    text = os.environ.get(DIST_TIMEOUT_ENV)
+    if text is None:
+        return float(DIST_TIMEOUT_S)
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise UserError(f"{DIST_TIMEOUT_ENV}={text}: expected a number of seconds > 0")
+    return value
+
+
 def init_distributed() -> tuple[int, int, int]:
     """Start torch.distributed through DeepSpeed: nccl on GPUs, gloo on CPU. Without the launcher (plain `python
     bin/train.py`) the environment of one process is filled in first. Returns (rank, local rank, world size)."""
+    from datetime import timedelta
+
+    timeout = timedelta(seconds=dist_timeout_seconds())
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         os.environ.setdefault("RANK", "0")
         os.environ.setdefault("LOCAL_RANK", "0")
@@ -74,18 +98,64 @@ def init_distributed() -> tuple[int, int, int]:
     from deepspeed.accelerator import get_accelerator
 
     accel = get_accelerator()
-    if accel.device_name() == "cpu" and int(os.environ["WORLD_SIZE"]) == 1:
-        # DeepSpeed JIT-compiles a shared-memory all-reduce op on every CPU init (~60 s on a fresh machine); one
-        # process never reduces with another, so it is not built.
+    if accel.device_name() == "cpu":
+        # DeepSpeed JIT-compiles a shared-memory all-reduce op on every CPU init (~60 s on a fresh machine). Only
+        # its inference_all_reduce (tensor-parallel inference) uses it; training's collectives go through gloo
+        # whatever the world size, so it is not built.
         import importlib
 
         importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
     if accel.device_name() != "cpu":
         accel.set_device(int(os.environ["LOCAL_RANK"]))
-    deepspeed.init_distributed(dist_backend=accel.communication_backend_name())
+    deepspeed.init_distributed(dist_backend=accel.communication_backend_name(), timeout=timeout)
     import torch.distributed as dist
 
     return dist.get_rank(), int(os.environ["LOCAL_RANK"]), dist.get_world_size()
+
+
+def check_same_config(sections: dict, rank: int, world: int) -> None:
+    """Refuse ranks started with different settings (another --set on one node, a run_dir that only some nodes
+    see): each rank hashes every section, all ranks gather the hashes and all raise the same UserError naming the
+    sections that differ from rank 0's, instead of training inconsistent replicas or hanging in a collective."""
+    if world == 1:
+        return
+    import hashlib
+
+    import torch.distributed as dist
+    from deepspeed.accelerator import get_accelerator
+
+    names = sorted(sections)
+    digest = torch.tensor([int.from_bytes(hashlib.sha256(json.dumps(sections[n], sort_keys=True, default=str)
+                                                         .encode()).digest()[:7], "big") for n in names],
+                          dtype=torch.int64, device=get_accelerator().current_device_name())
+    gathered = [torch.empty_like(digest) for _ in range(world)]
+    dist.all_gather(gathered, digest)
+    rows = [g.cpu().tolist() for g in gathered]
+    for r, row in enumerate(rows[1:], start=1):
+        differ = [n for n, a, b in zip(names, rows[0], row) if a != b]
+        if differ:
+            raise UserError(f"rank {r} was started with another {', '.join(differ)} than rank 0 (rank {rank} "
+                            f"reporting); start every rank and node with the same --config, --set and --ds_config, "
+                            f"with run_dir on storage all of them share")
+
+
+def lost_rank_message(e: BaseException) -> str | None:
+    """One line for a collective that failed because another rank died, hung or never came (torch.distributed's
+    DistError, or gloo's RuntimeError from its transport); None for any other error, which stays a traceback."""
+    import torch.distributed as dist
+
+    text = str(e).strip()
+    first = text.splitlines()[0] if text else type(e).__name__
+    gloo = isinstance(e, RuntimeError) and ("gloo/" in text or "Connection closed by peer" in text
+                                            or "Connection reset by peer" in text)
+    if not (isinstance(e, getattr(dist, "DistError", ())) or gloo):
+        return None
+    first = first.split("] ", 1)[-1] if first.startswith("[") else first  # gloo's source location first
+    first = first.split(". ", 1)[0]  # gloo adds advice and an emoji after the facts
+    rank = os.environ.get("RANK", "?")
+    return (f"rank {rank} lost contact with another rank ({first[:200]}): a rank died, hung past "
+            f"{DIST_TIMEOUT_ENV}={dist_timeout_seconds():g} s or never started (see its log); relaunch the same "
+            f"command on every node to resume from the latest checkpoint")
 
 
 def _barrier():
@@ -349,6 +419,8 @@ def build_run(cfg: TrainConfig, ds_config: dict, ds_path: str, inputs: RunInputs
     ds = resolve_ds_config(ds_config, cfg, world, ds_path)
     _check_ds_with_deepspeed(ds, ds_path)
     resume_dir = inputs.resume_dir
+    check_same_config({**cfg.to_dict(), "ds_config": ds, "resume": resume_dir.name if resume_dir else None},
+                      rank, world)
     if resume_dir is not None:
         _check_resumable(inputs.resume_state, ds, world, resume_dir)
     run_dir = Path(cfg.run_dir)
