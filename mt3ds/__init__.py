@@ -7,14 +7,18 @@ The data flow, one line per module (in the order data moves):
     tokens/midi.py                        MIDI -> notes (seconds, sustain, drums = 128) and notes -> General MIDI
     tokens/vocab.py                       the Option 1 vocabulary: typed event ranges, 1437 ids
     tokens/codec.py                       notes <-> per-chunk tokens with ties; stitching chunks back into notes
+    data/samples.py                       the shard format: Sample, Manifest, write_shard_folder
     data/shards.py                        aligned (audio chunk, tokens) pairs -> WebDataset tar shards + manifest
     data/loader.py, augment.py            shard streams -> temperature mixing, augmentation, padded batches
     model/features.py                     waveform -> log-mel [B, 256, 512] on the device
     model/                                encoder-decoder transformer, attention backends, KV cache, conditioning
+    model/generate.py                     greedy / beam search through the KV cache
     train/ + bin/train.py                 the DeepSpeed engine: bf16, ZeRO, EMA, checkpoints, export
     transcribe.py                         audio files -> batched cached decoding -> stitched General MIDI
+    tokens/frames.py                      88-key rolls: frame-head targets and the note reading
     evaluate.py                           mir_eval metrics as MT3 computes them
 
+The design the code follows is docs/design.md in the repository.
 `import mt3ds` stays light: torch and deepspeed are imported only by the commands that need them.
 """
 

@@ -37,7 +37,7 @@ def cli():
 @click.option("--chunk-seconds", type=float, default=32768 / 16000, show_default=True,
               help="Chunk length in seconds (training uses 32768 samples at 16 kHz).")
 @click.option("--time-encoding", type=click.Choice(["delta", "absolute"]), default="delta", show_default=True,
-              help="How shift tokens count time (decisions §3).")
+              help="How shift tokens count time (docs/design.md §3.5).")
 @click.option("--json", "as_json", is_flag=True, help="Print chunks and stats as one JSON object.")
 @click.option("--events", is_flag=True, help="Print event names instead of ids.")
 @click.option("--roundtrip", type=click.Path(dir_okay=False), default=None,
@@ -112,7 +112,7 @@ _DATASETS = ("maestro", "slakh", "slakh_stems")
 
 
 @cli.command("index")
-@click.option("--dataset", required=True, type=click.Choice(_DATASETS), help="Layout to read (decisions §1).")
+@click.option("--dataset", required=True, type=click.Choice(_DATASETS), help="Layout to read (docs/design.md §1.3).")
 @click.option("--root", required=True, type=click.Path(), help="The dataset's folder, as published.")
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="JSON-lines file of track records.")
 @click.option("--splits", default="train,validation,test", show_default=True,
@@ -130,7 +130,7 @@ def index_command(dataset, root, out, splits):
 
 
 @cli.command("shard")
-@click.option("--dataset", required=True, type=click.Choice(_DATASETS), help="Layout to read (decisions §1).")
+@click.option("--dataset", required=True, type=click.Choice(_DATASETS), help="Layout to read (docs/design.md §1.3).")
 @click.option("--root", required=True, type=click.Path(), help="The dataset's folder, as published.")
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Output folder (one per split).")
 @click.option("--splits", default="train,validation,test", show_default=True,

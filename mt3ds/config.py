@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 
 @dataclass(frozen=True)
 class AudioConfig:
-    """The offline audio chain (decisions §2); its version string is recorded in manifests and exported models."""
+    """The offline audio chain (docs/design.md §2.1); its version string is recorded in manifests and exported models."""
 
     sample_rate: int = 16000
     """Hz, mono."""
@@ -53,7 +53,7 @@ class AudioConfig:
 
 @dataclass(frozen=True)
 class FeatureConfig:
-    """On-device log-mel features (decisions §2): [B, 256, 512] for a 32768-sample chunk."""
+    """On-device log-mel features (docs/design.md §2.4): [B, 256, 512] for a 32768-sample chunk."""
 
     n_fft: int = 2048
     """STFT window and FFT size, samples."""

@@ -1,4 +1,4 @@
-"""Note-level metrics with mir_eval, as MT3 computes them (decisions §7).
+"""Note-level metrics with mir_eval, as MT3 computes them (docs/design.md §7.6).
 
 - onset F1 (50 ms), onset+offset F1 (offset within 20% of the note or 50 ms) and frame F1 (10 ms frames): drums
   removed, instruments ignored;

@@ -1,4 +1,4 @@
-"""Audio files -> multi-track General MIDI (decisions §7).
+"""Audio files -> multi-track General MIDI (docs/design.md §7).
 
 Per file: decode and resample, the offline chain of training (high-pass, loudness, pre-emphasis, dither), 2.048 s
 chunks; chunks go through log-mel features and the model in batches (KV-cache greedy or beam decoding, kept to
@@ -136,7 +136,7 @@ class Pipeline:
         self.time_encoding = self.model.cfg.time_encoding
         self.has_frame_head = self.model.frame_head is not None
         self.frame_seconds = frame_seconds(self.feature_cfg, self.audio_cfg)
-        # bf16 inference where the GPU supports it (design Step 2 §8); the CPU keeps fp32 for exactness.
+        # bf16 inference where the GPU supports it (docs/design.md §7.2); the CPU keeps fp32 for exactness.
         self.dtype = torch.bfloat16 if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
         if self.dtype != torch.float32:
             self.model.to(self.dtype)

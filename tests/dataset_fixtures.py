@@ -88,7 +88,7 @@ def make_slakh_track(folder: Path, stems: list[dict], seconds: float, sample_rat
     """One Slakh track folder. Each stem: {program, is_drum, seed}; optional `rendered`, `saved` (metadata flags),
     `no_audio`, `no_midi`, `file_program` (the program written into the MIDI file, to show metadata wins).
     layout 'redux': mix.flac, all_src.mid, metadata.yaml, stems/SNN.flac, MIDI/SNN.mid;
-    layout 'design': full_mix.flac, full_mix.mid, stems/stemNNN.flac, midi/trackNNN.mid (design.md's shape)."""
+    layout 'design': full_mix.flac, full_mix.mid, stems/stemNNN.flac, midi/trackNNN.mid (the plain folder shape, docs/design.md §1.3)."""
     folder.mkdir(parents=True, exist_ok=True)
     mix = np.zeros((int(round(seconds * sample_rate)), 1), dtype=np.float32)
     meta_stems = {}

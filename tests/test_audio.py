@@ -1,4 +1,4 @@
-"""The offline audio chain (decisions §2): decode/mono/16 kHz, zero-phase high-pass, -23 LUFS with the +-12 dB clamp,
+"""The offline audio chain (docs/design.md §2.1): decode/mono/16 kHz, zero-phase high-pass, -23 LUFS with the +-12 dB clamp,
 -1 dBFS true-peak ceiling, pre-emphasis, seeded TPDF dither, chunking; silence, NaN, short clips, bad files."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Waveform augmentation: determinism per seed, each effect doing what design.md asks (RIR up to RT60 1 s, noise at
+"""Waveform augmentation: determinism per seed, each effect doing what docs/design.md §4.6 says (RIR up to RT60 1 s, noise at
 10-30 dB SNR in three colours, EQ within +-6 dB, clipping 3 dB below the peak), and the pre-emphasis handling."""
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def test_same_seed_same_audio_and_input_left_alone(chunk):
                               augment(chunk, seed=12, cfg=only(noise_prob=1.0)))
 
 
-def test_probabilities_are_design_md_defaults_and_respected(chunk):
+def test_probabilities_are_the_documented_defaults_and_respected(chunk):
     c = AugmentConfig()
     assert (c.rir_prob, c.rir_rt60_max, c.noise_prob, c.snr_db_min, c.snr_db_max, c.eq_prob, c.eq_gain_db_max,
             c.clip_prob, c.clip_threshold_dbfs) == (0.3, 1.0, 0.5, 10.0, 30.0, 0.3, 6.0, 0.1, -3.0)
@@ -93,7 +93,7 @@ def test_room_impulse_response_decays_60_db_over_rt60():
     t5, t25 = np.argmax(edc < -5), np.argmax(edc < -25)
     rt60 = 3 * (t25 - t5) / SR  # T20 extrapolated to 60 dB
     assert abs(rt60 - 0.6) < 0.06
-    for _ in range(20):  # design.md: RT60 up to 1 s
+    for _ in range(20):  # docs/design.md §4.6: RT60 up to 1 s
         assert len(A.room_impulse_response(rng, AugmentConfig(), SR)) <= 1.0 * SR + 0.012 * SR
 
 

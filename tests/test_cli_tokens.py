@@ -11,7 +11,7 @@ from mt3ds.tokens.codec import normalize_notes
 from mt3ds.tokens.midi import read_midi
 
 RESOURCES = Path(__file__).resolve().parent / "resources"
-GOLDEN = RESOURCES / "golden"  # vendored copies of ../shared/design/golden (test_codec checks they match)
+GOLDEN = RESOURCES / "golden"  # the golden vectors of docs/design.md §3.7
 
 
 def run(*args):

@@ -33,7 +33,7 @@ def drum(velocity, pitch):
 
 
 def well_formed(ids, encoding: str, max_step: int = MAX_STEP) -> bool:
-    """An independent, item-by-item reading of decisions §3. The ids may stop anywhere (a cut at max_len), but
+    """An independent, item-by-item reading of docs/design.md §3.4 and §3.9. The ids may stop anywhere (a cut at max_len), but
     EOS only ends the chunk between whole items."""
     toks = [V.decode_event(int(t)) for t in ids]
     if any(t == "EOS" for t, _ in toks[:-1]):

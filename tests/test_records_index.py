@@ -1,5 +1,5 @@
 """Track records and the dataset indexers: MAESTRO (CSV, column-oriented JSON, v2 list JSON), Slakh2100 flac redux,
-design.md's folder shape, slakh_stems; malformed rows and tracks are skipped with a reason; wrong roots exit 2."""
+the plain folder shape (docs/design.md §1.3), slakh_stems; malformed rows and tracks are skipped with a reason; wrong roots exit 2."""
 from __future__ import annotations
 
 import json
@@ -132,7 +132,7 @@ def test_slakh_mixture_target_is_the_stems_with_metadata_programs(slakh_root):
     r = result.records[0]
     assert r.audio_path.endswith("Track00001/mix.flac") and r.midi_path.endswith("Track00001/MIDI")
     # S00's file says program 5, metadata says 0: metadata wins; S03 has no MIDI: out; S04 (not rendered, MIDI
-    # saved) stays in the target (decisions §1: left out only when its MIDI is absent)
+    # saved) stays in the target (docs/design.md §1.3: left out only when its MIDI is absent)
     assert [(Path(s.path).name, s.program, s.is_drum) for s in r.midi_sources] == \
         [("S00.mid", 0, False), ("S01.mid", 33, False), ("S02.mid", None, True), ("S04.mid", 81, False)]
     assert r.instrument_programs == (0, 33, 81, 128)
@@ -177,7 +177,7 @@ def test_slakh_bad_tracks_are_skipped_with_reasons(tmp_path):
     assert "missing audio file" in {s.reason for s in stems.skipped}  # Track00005's S00.flac
 
 
-def test_slakh_design_md_shape(tmp_path):
+def test_slakh_plain_folder_shape(tmp_path):
     root = tmp_path / "Slakh2100"
     stems = [dict(program=0, seed=1), dict(program=40, seed=2), dict(is_drum=True, seed=3)]
     make_slakh_track(root / "Train" / "Track00001", stems, seconds=2.5, layout="design")

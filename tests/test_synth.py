@@ -91,7 +91,7 @@ def slakh(tmp_path_factory, cache):
 
 def test_holdout_list_is_read_and_matches_other_encodings(tmp_path):
     held = corpus.read_holdout()
-    assert "bach/bwv255" in held and len(held) == 12  # the bundled copy of ../shared/data/holdout.txt
+    assert "bach/bwv255" in held and len(held) == 12  # the bundled list mt3ds/assets/holdout.txt (docs/design.md §1.5)
     assert corpus.is_held_out("bach/bwv255.krn", held)  # the same piece in another encoding
     assert not corpus.is_held_out("bach/bwv25.mxl", held)
     custom = tmp_path / "holdout.txt"

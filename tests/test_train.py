@@ -44,7 +44,7 @@ def test_yaml_defaults_overrides_and_round_trip(tmp_path, shard_dirs):
     assert cfg.model.d_model == 256 and cfg.model.aux_frame_loss and cfg.model_preset == "small"
     assert cfg.data.train == (str(shard_dirs[0]),) and cfg.optim.lr == 1e-3
     assert cfg.steps == 50 and cfg.ema.decay == 0.99
-    # design.md §7 / §10 defaults
+    # the Step 1 defaults (docs/design.md §6.2)
     d = TrainConfig()
     assert (d.optim.lr, d.optim.betas, d.optim.weight_decay, d.optim.warmup_steps, d.optim.min_lr_ratio) == \
         (5e-4, (0.9, 0.999), 0.01, 4000, 0.1)
@@ -160,6 +160,7 @@ def test_resolve_ds_config_fills_schedule_and_batch(shard_dirs):
 # ----------------------------------------------------------------------------------------------------------------
 # Bad input through bin/train.py: one line, exit status 1, before DeepSpeed starts
 
+@pytest.mark.slow
 def test_train_py_bad_inputs_are_one_line(tmp_path, shard_dirs):
     ds = write_json(tmp_path / "ds.json", CPU_DS_CONFIG)
     cfg = write_yaml(tmp_path / "t.yaml", train_yaml(tmp_path / "run", tmp_path / "no_such_shards"))
@@ -195,6 +196,7 @@ def test_checkpoint_of_another_model_config_is_refused(finished_run, tmp_path):
 # ----------------------------------------------------------------------------------------------------------------
 # Runs
 
+@pytest.mark.slow
 def test_launcher_runs_a_few_steps_and_checkpoints(tmp_path, shard_dirs):
     """`deepspeed --num_gpus 1 bin/train.py` (one gloo rank on the CPU) trains, validates and checkpoints."""
     ds = write_json(tmp_path / "ds.json", CPU_DS_CONFIG)
@@ -219,6 +221,7 @@ def test_launcher_runs_a_few_steps_and_checkpoints(tmp_path, shard_dirs):
         ["synthetic_track000_00000.pred.mid", "synthetic_track000_00000.ref.mid"]
 
 
+@pytest.mark.slow
 def test_tiny_model_overfits_eight_chunks(tmp_path):
     """Token loss on the same 8 chunks falls by more than half within 40 optimizer steps (7.27 -> ~2.6)."""
     from mt3ds.train.engine import train
@@ -251,6 +254,7 @@ def test_time_budget_stops_early_with_a_validation_and_a_checkpoint(tmp_path, sh
     assert resumed["step"] == 2 and resumed["train_seconds"] > state["train_seconds"]
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_at_the_same_step_and_learning_rate(tmp_path, shard_dirs):
     """SIGKILL a plain `python bin/train.py` mid-run; the same config resumes from the latest checkpoint: the next
     step and its learning rate are what the killed run had, and a half-written checkpoint is ignored and removed."""

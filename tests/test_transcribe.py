@@ -107,6 +107,7 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "mt3ds" / "assets" / "example
 BUNDLED_ONSET_F1_FLOOR = 0.5  # the bundled model scores 0.778 on this file; the floor catches a broken bundle
 
 
+@pytest.mark.slow
 def test_bundled_model_transcribes_the_bundled_example(tmp_path):
     """The README's main command: no --model, the bundled 20 s example -> a General MIDI file that scores against
     the example's reference MIDI (mt3ds evaluate) above a floor."""

@@ -58,6 +58,7 @@ def _flash_verified(preset: str, device, dry_run: bool) -> dict:
 
 def _kv_cache(preset: str, device, dry_run: bool) -> dict:
     from ..model.config import ModelConfig
+    from ..model.generate import Search, generate
     from ..model.transcriber import Transcriber
 
     cfg = ModelConfig.preset(preset)
@@ -68,10 +69,10 @@ def _kv_cache(preset: str, device, dry_run: bool) -> dict:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     out = {}
     for cached in (True, False):
-        model.generate(features, max_len=4, ignore_eos=True, use_cache=cached)  # warm-up
+        generate(model, features, search=Search(max_len=4, ignore_eos=True, use_cache=cached))  # warm-up
         sync()
         t0 = time.perf_counter()
-        model.generate(features, max_len=n, ignore_eos=True, use_cache=cached)
+        generate(model, features, search=Search(max_len=n, ignore_eos=True, use_cache=cached))
         sync()
         out["cached" if cached else "uncached"] = B * n / (time.perf_counter() - t0)
     return {"preset": preset, "batch": B, "tokens": n, "cached_tok_s": out["cached"],

@@ -33,7 +33,7 @@ def _basic_pitch(paths):
     try:
         from basic_pitch import ICASSP_2022_MODEL_PATH
         from basic_pitch.inference import Model, predict
-    except Exception:  # not installed: an optional peer (README, Benchmarks)
+    except ImportError:  # not installed (an optional peer: README, Benchmarks); a broken install raises
         return None, None
     import numpy as np
 

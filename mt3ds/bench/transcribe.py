@@ -41,7 +41,7 @@ def _basic_pitch_rtf(path: Path, seconds: float, warm: Path) -> float | None:
     try:
         from basic_pitch import ICASSP_2022_MODEL_PATH
         from basic_pitch.inference import Model, predict
-    except Exception:  # not installed (it is an optional peer, see ../shared/data.md)
+    except ImportError:  # not installed (an optional peer: README.md, Benchmarks); a broken install raises
         return None
     model = Model(ICASSP_2022_MODEL_PATH)
     with contextlib.redirect_stdout(sys.stderr):  # it prints progress to stdout, which holds our --json

@@ -1,4 +1,4 @@
-"""The offline audio chain (decisions §2), shared by the shard writer and transcription.
+"""The offline audio chain (docs/design.md §2.1), shared by the shard writer and transcription.
 
     load_audio   soundfile decode (any rate, any channels) -> mono mean -> soxr HQ to 16 kHz, float32
     prepare      DC removal -> 2nd-order Butterworth high-pass at 30 Hz, forward-backward (zero phase)
@@ -23,7 +23,7 @@ import soundfile as sf
 import soxr
 
 from ..config import AudioConfig
-from ..errors import UserError
+from ..errors import UserError, first_line
 
 _TP_UP = 4  # true peak: 4x oversampling, as BS.1770-4 Annex 2 asks
 _TP_BLOCK = 2048  # samples per block when skipping blocks that cannot hold the true peak
@@ -63,7 +63,7 @@ def load_audio(path, sample_rate: int = 16000) -> np.ndarray:
                     parts.append(stream.resample_chunk(np.zeros(0, np.float32), last=True))
                 mono = np.concatenate(parts) if parts else np.zeros(0, np.float32)
     except (RuntimeError, TypeError, ValueError) as e:  # sf.LibsndfileError is a RuntimeError
-        raise UserError(f"{p}: unreadable audio ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        raise UserError(f"{p}: unreadable audio ({first_line(e)})") from None
     if len(mono) == 0:
         raise UserError(f"{p}: no audio samples")
     return np.ascontiguousarray(mono, dtype=np.float32)

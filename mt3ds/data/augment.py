@@ -1,6 +1,6 @@
-"""Waveform augmentation for training chunks, run on the CPU in the loader workers (decisions §4, design.md §2 #8).
+"""Waveform augmentation for training chunks, run on the CPU in the loader workers (docs/design.md §4.6).
 
-Four effects, each drawn with its design.md probability, in the order a recording chain meets them:
+Four effects, each drawn with its own probability (docs/design.md §4.6), in the order a recording chain meets them:
 room (synthetic impulse response, RT60 up to 1 s) -> EQ (+-6 dB) -> noise (10-30 dB SNR, white, pink or brown) ->
 clipping (3 dB below the chunk's peak: the recording driven 3 dB too hot). Every random draw comes from the
 Augmenter's own Generator, seeded by the caller, so a given seed and input give the same audio; the four "does this
@@ -21,10 +21,10 @@ this machine (one 32768-sample chunk, every effect forced on, one core):
   - determinism: audiomentations draws from the process-global `random` / `np.random` state, so a worker's stream
     depends on whatever else touched those globals; here every draw comes from the Generator passed in;
   - clipping: its ClippingDistortion clips at a random percentile, not at a level in dB.
-With design.md's probabilities its chain averaged ~49 ms per chunk, with no control over its seeding. So: our own
+With these probabilities its chain averaged ~49 ms per chunk, with no control over its seeding. So: our own
 ~100 lines of numpy/scipy, no new dependency, ~0.3 ms per chunk on average (`mt3ds bench loader` measures the
 cost inside the loader against the no-augmentation rate).
-Pitch shift and time stretch (design.md: probability 0.0) are not implemented: they would also need the tokens
+Pitch shift and time stretch (probability 0 in the design; docs/design.md §4.6) are not implemented: they would also need the tokens
 rewritten.
 """
 from __future__ import annotations

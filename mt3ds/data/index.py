@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from ..errors import UserError
+from ..files import write_text_atomic
 from .records import DATASETS, OMITTED, SPLITS, IndexResult, normalize_split
 
 
@@ -52,11 +52,7 @@ def write_index(dataset: str, root: str | Path, out: str | Path, splits=None) ->
     """`mt3ds index`: write the records as JSON lines to OUT (atomically) and return them."""
     result = index(dataset, root, splits)
     out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in result.records:
-            f.write(json.dumps(r.to_dict(), sort_keys=True) + "\n")
-    os.replace(tmp, out)
+    write_text_atomic(out, "".join(json.dumps(r.to_dict(), sort_keys=True) + "\n" for r in result.records))
     return result
 
 

@@ -1,4 +1,4 @@
-"""Shard folders -> training and validation batches (decisions §4): temperature mixing, augmentation, padding.
+"""Shard folders -> training and validation batches (docs/design.md §4): temperature mixing, augmentation, padding.
 
 Training (`train_loader`): one endless stream per DataLoader worker on every rank. Each dataset's shards are
 resampled with replacement into a shuffle buffer; the datasets are interleaved sample by sample with weights
@@ -124,7 +124,7 @@ def read_manifest(folder, audio: AudioConfig = AudioConfig()) -> ShardSet:
 
 
 def mix_weights(samples, alpha: float = 0.7) -> np.ndarray:
-    """Temperature-scaled dataset weights: n_d^alpha / sum_d n_d^alpha (decisions §4)."""
+    """Temperature-scaled dataset weights: n_d^alpha / sum_d n_d^alpha (docs/design.md §4.5)."""
     n = np.asarray(samples, dtype=np.float64)
     w = n ** alpha
     return w / w.sum()

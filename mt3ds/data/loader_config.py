@@ -12,12 +12,12 @@ from dataclasses import asdict, dataclass, field
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Waveform augmentation (design.md §2, step 8): probabilities and ranges."""
+    """Waveform augmentation (docs/design.md §4.6): probabilities and ranges."""
 
     rir_prob: float = 0.3
     """Probability of convolving with a synthetic room impulse response."""
     rir_rt60_min: float = 0.1
-    """Shortest reverberation time drawn, seconds (design.md gives only the maximum)."""
+    """Shortest reverberation time drawn, seconds (the design gives only the maximum; docs/design.md §4.6)."""
     rir_rt60_max: float = 1.0
     """Longest reverberation time drawn, seconds."""
     rir_drr_db_min: float = -3.0
@@ -62,7 +62,7 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class LoaderConfig:
-    """The data loader (design.md Step 1 §4): batching, workers, mixing, augmentation and targets."""
+    """The data loader (docs/design.md §4.7): batching, workers, mixing, augmentation and targets."""
 
     batch_size: int = 16
     """Samples per batch, per rank."""
@@ -85,9 +85,9 @@ class LoaderConfig:
     augmentation: AugmentConfig = field(default_factory=AugmentConfig)
     """Probabilities and ranges of the augmentation."""
     time_encoding: str = "absolute"
-    """Shift tokens the model reads: absolute (rewritten from the shards' delta) or delta (decisions §3)."""
+    """Shift tokens the model reads: absolute (rewritten from the shards' delta) or delta (docs/design.md §3.5)."""
     aux_frame_loss: bool = False
-    """Also build per-frame onset and active 88-key rolls from each chunk's tokens (decisions §5)."""
+    """Also build per-frame onset and active 88-key rolls from each chunk's tokens (docs/design.md §5.5)."""
     velocity_bins: int | None = None
     """Quantize target note-on velocities to this many bins (1: one velocity, MT3's multi-instrument choice);
     None keeps the shards' exact velocities."""

@@ -12,7 +12,7 @@ from ..errors import UserError
 from .records import IndexResult, MidiSource, Skipped, TrackRecord, instruments, normalize_split
 
 REQUIRED = ("split", "midi_filename", "audio_filename", "duration")
-PIANO = 0  # MAESTRO is solo piano: every note is program 0 (design.md §1)
+PIANO = 0  # MAESTRO is solo piano: every note is program 0 (docs/design.md §1.3)
 
 
 def find_metadata(root: Path) -> Path:

@@ -1,4 +1,4 @@
-"""Track records (decisions §1): one per track, whatever the dataset layout, written as JSON lines by `mt3ds index`.
+"""Track records (docs/design.md §1.1): one per track, whatever the dataset layout, written as JSON lines by `mt3ds index`.
 
 A record names the audio and where its target notes come from. MAESTRO and `slakh_stems` have one MIDI file per
 track; a Slakh mixture's target is the union of its stems' MIDI files, each read with the program and drum flag
@@ -16,7 +16,7 @@ DATASETS = ("maestro", "slakh", "slakh_stems")
 SPLITS = ("train", "validation", "test")  # normalized names; Slakh's "omitted" only when asked for
 OMITTED = "omitted"
 
-# Every spelling the published layouts and design.md use, lower-cased and stripped.
+# Every spelling the published layouts and the plain folder shape use (docs/design.md §1.2), lower-cased and stripped.
 _SPLIT_ALIASES = {"train": "train", "training": "train",
                   "validation": "validation", "validate": "validation", "valid": "validation", "val": "validation",
                   "test": "test", "testing": "test",
@@ -32,7 +32,7 @@ def normalize_split(name: str) -> str:
 
 
 def track_key(track_id: str) -> str:
-    """The WebDataset-safe form of a track id: every character outside [A-Za-z0-9_-] becomes '_' (decisions §4)."""
+    """The WebDataset-safe form of a track id: every character outside [A-Za-z0-9_-] becomes '_' (docs/design.md §4.1)."""
     return re.sub(r"[^A-Za-z0-9_-]", "_", track_id)
 
 
@@ -55,7 +55,7 @@ class MidiSource:
 
 @dataclass(frozen=True)
 class TrackRecord:
-    """One track of a dataset, as decisions §1 defines it."""
+    """One track of a dataset, as docs/design.md §1.1 defines it."""
 
     track_id: str  # unique within the dataset, e.g. "2004/MIDI-Unprocessed_..." or "Track00001/S02"
     dataset: str  # maestro | slakh | slakh_stems

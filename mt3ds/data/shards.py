@@ -1,4 +1,4 @@
-"""Aligned (audio chunk, tokens) samples -> WebDataset tar shards and a manifest per split (decisions §4).
+"""Aligned (audio chunk, tokens) samples -> WebDataset tar shards and a manifest per split (docs/design.md §4.1-§4.3).
 
     <out>/<split>/shard-000000.tar ...   samples `{key}.audio.npy` (float16 [32768]), `{key}.json`, `{key}.tokens.npy`
     <out>/<split>/manifest.json          counts, hours, skipped tracks, versions, shard names and sha256

@@ -1,11 +1,11 @@
-"""Slakh2100 as published, and the folder shape drawn in design.md (decisions §1).
+"""Slakh2100 as published, and the plain folder shape (docs/design.md §1.3).
 
 Flac redux (the published release): `train|validation|test|omitted/TrackNNNNN/` with `mix.flac`, `all_src.mid`,
 `metadata.yaml` (`audio_dir`, `midi_dir`, and per stem `program_num`, `is_drum`, `inst_class`,
 `midi_program_name`, `audio_rendered`, `midi_saved`, ...), `stems/SNN.flac`, `MIDI/SNN.mid`. Track folders
 straight under the root (BabySlakh) count as train.
 
-design.md's shape: `Train|Validate|Test/TrackNNNNN/` with `full_mix.flac`, `full_mix.mid`, `stems/stemNNN.flac`,
+The plain folder shape: `Train|Validate|Test/TrackNNNNN/` with `full_mix.flac`, `full_mix.mid`, `stems/stemNNN.flac`,
 `midi/trackNNN.mid` (stem and MIDI paired by number); without metadata, programs come from the MIDI files.
 
 `slakh` makes one record per mixture, its target the union of the stems' MIDI files with the programs and drum
@@ -19,7 +19,7 @@ from pathlib import Path
 import soundfile as sf
 import yaml
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..tokens.vocab import DRUM_PROGRAM
 from .records import SPLITS, IndexResult, MidiSource, Skipped, TrackRecord, instruments, normalize_split
 
@@ -95,7 +95,7 @@ def _read_metadata(track: Path) -> dict:
     try:
         data = yaml.safe_load(meta.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise _BadTrack(meta, f"malformed YAML ({str(e).splitlines()[0]})") from None
+        raise _BadTrack(meta, f"malformed YAML ({first_line(e)})") from None
     if not isinstance(data, dict) or not isinstance(data.get("stems"), dict) or not data["stems"]:
         raise _BadTrack(meta, "malformed metadata: no 'stems' mapping")
     if not all(isinstance(v, dict) for v in data["stems"].values()):
@@ -117,7 +117,7 @@ def _redux_track(split: str, track: Path, stems: bool) -> tuple[list[TrackRecord
     if not stems:
         sources = []
         for stem, program, rendered, saved, _, midi in entries:
-            if midi.is_file():  # decisions §1: a stem leaves the mixture's target only when its MIDI is absent
+            if midi.is_file():  # docs/design.md §1.3: a stem leaves the mixture's target only when its MIDI is absent
                 sources.append(MidiSource(str(midi), program=None if program == DRUM_PROGRAM else program,
                                           is_drum=program == DRUM_PROGRAM))
             elif rendered and saved:
@@ -132,7 +132,7 @@ def _redux_track(split: str, track: Path, stems: bool) -> tuple[list[TrackRecord
     records, skipped = [], []
     for stem, program, rendered, saved, audio, midi in entries:
         if not (rendered and saved):
-            continue  # not rendered or no MIDI saved: not a stem track (decisions §1), not an error
+            continue  # not rendered or no MIDI saved: not a stem track (docs/design.md §1.3), not an error
         try:
             if not midi.is_file():
                 raise _BadTrack(midi, "missing stem MIDI")
@@ -158,7 +158,7 @@ def _midi_programs(path: Path) -> list[int]:
 
 
 def _design_track(split: str, track: Path, stems: bool) -> tuple[list[TrackRecord], list[Skipped]]:
-    """design.md's shape: no metadata, so each file's own program changes and drum channel name the instrument."""
+    """The plain folder shape (docs/design.md §1.3): no metadata, so each file's own program changes and drum channel name the instrument."""
     stem_audio = {int(m.group(1)): p for p in sorted((track / "stems").glob("*"))
                   if (m := _DESIGN_STEM.match(p.name))}
     stem_midi = {int(m.group(1)): p for p in sorted((track / "midi").glob("*")) if (m := _DESIGN_MIDI.match(p.name))}
@@ -209,11 +209,11 @@ def index_slakh(root: str | Path, splits=None, stems: bool = False) -> IndexResu
             elif (track / "full_mix.flac").is_file() or (track / "stems").is_dir():
                 r, s = _design_track(split, track, stems)
             else:
-                raise _BadTrack(track, "no metadata.yaml (flac redux) or full_mix.flac (design.md shape)")
+                raise _BadTrack(track, "no metadata.yaml (flac redux) or full_mix.flac (plain folder shape)")
         except _BadTrack as e:
             skipped.append(Skipped(e.path, e.reason, split))
             continue
-        except UserError as e:  # an unreadable MIDI file while reading programs (design.md shape)
+        except UserError as e:  # an unreadable MIDI file while reading programs (plain folder shape)
             skipped.append(Skipped(str(track), str(e), split))
             continue
         records.extend(r)

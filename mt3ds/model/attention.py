@@ -18,7 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-try:  # optional, GPU only (no usable wheel on CPU machines: ../shared/stack.md)
+try:  # optional, GPU only (no usable wheel on CPU machines: docs/design.md §5.4)
     from flash_attn import flash_attn_func
 except ImportError:  # pragma: no cover - depends on the machine
     flash_attn_func = None

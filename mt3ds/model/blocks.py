@@ -203,7 +203,7 @@ class FeedForwardLayer(nn.Module):
 
 class EncoderBlock(nn.Module):
     """Bidirectional self-attention then feed-forward. film=(gamma, beta), each (B, 1, d_model), modulates the
-    residual stream on entry (encoder_film, design 3.2)."""
+    residual stream on entry (encoder_film, docs/design.md §5.3.2)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()

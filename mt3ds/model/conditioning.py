@@ -1,4 +1,4 @@
-"""Step 3 instrument conditioning (design.md 3.1-3.3), one module per mode.
+"""Step 3 instrument conditioning (docs/design.md §5.3.1-§5.3.3), one module per mode.
 
 The instrument set of a segment arrives as a multi-hot bool [B, 129] (programs 0..127, drums 128) or None
 (unknown). It becomes a short sequence of instrument ids that always starts with a learned 'unknown' entry, so an

@@ -1,6 +1,6 @@
-"""ModelConfig: every switch of the one transcription model (decisions §5), and its named presets.
+"""ModelConfig: every switch of the one transcription model (docs/design.md §5), and its named presets.
 
-Step 1, Step 2 and Step 3 of design.md are settings of this one dataclass, not three models:
+Step 1, Step 2 and Step 3 (docs/design.md §5.1-§5.3) are settings of this one dataclass, not three models:
 `base` is Step 1, `base_v2` Step 2, and any preset with `conditioning` set is Step 3.
 An exported model stores `to_dict()` beside its weights; `from_dict()` refuses keys it does not know.
 """
@@ -17,7 +17,7 @@ BACKENDS = ("auto", "flash", "sdpa", "math")
 CONDITIONING = ("none", "decoder_pool", "encoder_film", "dual_stream")
 POOLS = ("mean", "attention")
 TIME_ENCODINGS = ("absolute", "delta")
-N_INSTRUMENTS = 129  # programs 0..127 and drums as 128 (decisions §1)
+N_INSTRUMENTS = 129  # programs 0..127 and drums as 128 (docs/design.md §1.1)
 
 
 @dataclass(frozen=True)
@@ -72,9 +72,9 @@ class ModelConfig:
     attention_backend: str = "auto"
     """auto (flash_attn package or SDPA, which picks flash on capable GPUs), or force flash, sdpa or math."""
     time_encoding: str = "absolute"
-    """Shift tokens the model was trained on: absolute (default, decisions §3) or delta."""
+    """Shift tokens the model was trained on: absolute (default, docs/design.md §3.5) or delta."""
 
-    # aux frame head (decisions §5)
+    # aux frame head (docs/design.md §5.5)
     aux_frame_loss: bool = False
     """Add a head on the encoder output predicting onset and active 88-key rolls per frame: a training loss, and the
     notes of hybrid transcription (`transcribe --notes frames`, mt3ds/tokens/frames.py)."""
@@ -157,12 +157,12 @@ PRESETS: dict[str, ModelConfig] = {
     # for tests and smoke runs: builds and runs a step in milliseconds
     "tiny": ModelConfig(d_model=64, enc_layers=2, dec_layers=2, heads=2, head_dim=16, mlp_dim=128,
                         instrument_dim=32, instrument_layers=1),
-    # the CPU-trainable default: the 7.9M-parameter shape measured in ../shared/training.md
+    # the CPU-trainable default: the 7.9M-parameter shape of the bundled default model (docs/design.md §5.6)
     "small": ModelConfig(d_model=256, enc_layers=4, dec_layers=4, heads=4, head_dim=64, mlp_dim=1024,
                          instrument_dim=64),
-    # design.md Step 1: d 512, 8+8 layers, 6 heads x 64, MLP 1024, pre-LN, GELU, dropout 0.1, sinusoidal, tied
+    # Step 1 (docs/design.md §5.1): d 512, 8+8 layers, 6 heads x 64, MLP 1024, pre-LN, GELU, dropout 0.1, sinusoidal, tied
     "base": ModelConfig(),
-    # design.md Step 2: RMSNorm, SwiGLU, RoPE, dropout 0.05, checkpointing on (label smoothing is a train setting)
+    # Step 2 (docs/design.md §5.2): RMSNorm, SwiGLU, RoPE, dropout 0.05, checkpointing on (label smoothing is a train setting)
     "base_v2": ModelConfig(norm="rmsnorm", mlp="swiglu", positions="rope", resid_dropout=0.05, mlp_dropout=0.05,
                            activation_checkpointing=True),
 }

@@ -1,15 +1,15 @@
-"""Waveform -> log-mel features on the device, per batch (decisions §2): [B, 32768] -> [B, 256, 512] float32.
+"""Waveform -> log-mel features on the device, per batch (docs/design.md §2.4): [B, 32768] -> [B, 256, 512] float32.
 
 STFT (n_fft 2048, hop 128, periodic Hann, center=True with reflect padding) -> magnitude (power 1) -> 512 Slaney
 mel bands 20-8000 Hz -> log(x + 1e-5). center=True gives 257 frames for 32768 samples; the first 256 are kept so
 frame t covers the samples around t * 128 and a chunk maps to exactly 256 encoder positions.
 
-The mel filterbank is built here (no torchaudio: its PyPI build is CUDA-only, ../stack.md) and is checked against
+The mel filterbank is built here (no torchaudio: its PyPI build is CUDA-only, docs/design.md §2.4) and is checked against
 librosa.filters.mel(htk=False, norm="slaney") by tests/test_features.py. With 512 bands over 20-8000 Hz and a
 7.8 Hz FFT bin spacing, the lowest bands are narrower than a bin and some hold no bin at all: they stay all-zero
 (log(1e-5) in the output), as librosa's do. The learnable frequency LayerNorm that follows belongs to the model.
 
-SpecAugment time masks (design.md Step 2 §7: width 48, p 0.5) are an option applied only in training mode.
+SpecAugment time masks (Step 2, docs/design.md §2.5: width 48, p 0.5) are an option applied only in training mode.
 """
 from __future__ import annotations
 

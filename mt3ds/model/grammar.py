@@ -1,6 +1,6 @@
 """Grammar-constrained decoding: the parser state of a batch of chunk sequences, and the tokens it may take next.
 
-The grammar of one chunk (decisions §3), in either time encoding:
+The grammar of one chunk (docs/design.md §3.4, §3.9), in either time encoding:
 
     [tie (program p, pitch n)+]  ( [shift+] (program p, velocity v, pitch n | velocity v>0, drum n)+ )*  EOS
 

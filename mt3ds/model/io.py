@@ -13,7 +13,6 @@ unpickles anything (safetensors only), so a model file from elsewhere cannot run
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import torch
 
 from ..config import AudioConfig, FeatureConfig
 from ..errors import UserError
+from ..files import atomic_path, write_text_atomic
 from ..tokens import vocab
 from .config import ModelConfig
 
@@ -46,17 +46,10 @@ def save_model(state_dict: dict[str, torch.Tensor], path, meta: dict) -> None:
     tensors = {k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu().contiguous().clone()
                for k, v in state_dict.items()}
     text = json.dumps(meta, sort_keys=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    # safetensors creates files 0600: a model is meant to be shared and packaged
+    with atomic_path(path, mode=0o644) as tmp:
         save_file(tensors, str(tmp), metadata={META_KEY: text})
-        os.chmod(tmp, 0o644)  # safetensors creates files 0600: a model is meant to be shared and packaged
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    side = path.with_suffix(".json")
-    tmp = side.with_name(f".{side.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, side)
+    write_text_atomic(path.with_suffix(".json"), json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
 def read_meta(path) -> dict:

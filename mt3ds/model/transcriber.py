@@ -1,4 +1,4 @@
-"""The transcription model: one encoder-decoder whose config selects Step 1, Step 2 and Step 3 (decisions §5).
+"""The transcription model: one encoder-decoder whose config selects Step 1, Step 2 and Step 3 (docs/design.md §5).
 
     log-mel [B, S, 512] -> learnable frequency LayerNorm -> linear -> (+ positions) -> encoder blocks -> memory
     tokens  [B, T]      -> embedding * sqrt(d) (+ positions, + instrument hint) -> decoder blocks
@@ -7,7 +7,7 @@
                            the notes of hybrid transcription: mt3ds/tokens/frames.py)
 
 The decoder starts from PAD (T5/MT3): decoder_input = [PAD] + tokens[:-1]. The LM head, the softmax and the losses
-run in fp32 even when the weights are bf16 (DeepSpeed bf16 casts weights, not activations: design Step 2 §1).
+run in fp32 even when the weights are bf16 (DeepSpeed bf16 casts weights, not activations: docs/design.md §6.3).
 
     model = Transcriber(ModelConfig.preset("small"))
     logits = model(features, decoder_input, instruments)              # fp32 [B, T, 1437]

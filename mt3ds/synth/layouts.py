@@ -1,6 +1,6 @@
 """Renders written in the layouts the datasets are published in, so `mt3ds shard` reads them as it reads the real ones.
 
-Slakh2100 (flac redux, decisions §1): SPLIT/TrackNNNNN/{mix.flac, all_src.mid, metadata.yaml, stems/SNN.flac,
+Slakh2100 (flac redux, docs/design.md §1.3): SPLIT/TrackNNNNN/{mix.flac, all_src.mid, metadata.yaml, stems/SNN.flac,
 MIDI/SNN.mid}; a track is assembled in a hidden folder beside it and renamed when complete.
 MAESTRO v3: YEAR/NAME.wav + YEAR/NAME.midi pairs and maestro-v3.0.0.csv / .json (column-oriented) at the root.
 Audio is 16 kHz mono, 16-bit (Slakh ships 44.1 kHz FLAC, MAESTRO 44.1-48 kHz stereo WAV: the offline chain

@@ -1,4 +1,4 @@
-"""Notes <-> per-chunk Option 1 tokens, with tie sections, and stitching chunks back into notes (decisions §3, §7).
+"""Notes <-> per-chunk Option 1 tokens, with tie sections, and stitching chunks back into notes (docs/design.md §3, §7.3).
 
 Everything is vectorized over a whole piece (no Python loop per event): a piece is a flat id array plus chunk
 offsets, as `ChunkTokens` holds it. Chunk k covers [k*L, (k+1)*L); an event's step in its chunk is

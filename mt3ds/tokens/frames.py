@@ -3,7 +3,7 @@
 A roll is float [n_frames, N_KEYS]: row t is the encoder frame t (one log-mel hop: 128 samples at 16 kHz, 8 ms,
 so 256 frames a chunk), column k the piano key of MIDI pitch LOWEST_PITCH + k. The head (model/transcriber.py)
 predicts two rolls per chunk from the encoder's memory, onset (a note starts in this frame) and active (a note
-sounds in it); `frame_targets` builds both from a chunk's tokens for the auxiliary loss (decisions §5).
+sounds in it); `frame_targets` builds both from a chunk's tokens for the auxiliary loss (docs/design.md §5.5).
 
 Trained alongside the tokens, the head learns note timing long before the decoder does: on the synthetic validation
 split the stage-1 default model found onsets with F1 0.51 from the head against 0.10 from its tokens. So

@@ -50,7 +50,7 @@ def program_class(program: int) -> str:
 
 
 def class_program(program: int) -> int:
-    """The first program of a program's MIDI class (8 * floor(p / 8)); drums stay 128 (decisions §7 'class')."""
+    """The first program of a program's MIDI class (8 * floor(p / 8)); drums stay 128 (docs/design.md §7.6, multi_class)."""
     return program if program == DRUM_PROGRAM else 8 * (program // 8)
 
 

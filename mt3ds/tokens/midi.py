@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from ..files import atomic_path
 from . import gm
 from .notes import DRUM_SECONDS, Notes
 from .vocab import DRUM_PROGRAM, MAX_PITCH, MIN_PITCH
@@ -132,6 +133,5 @@ def write_midi(notes: Notes, path) -> None:
             np.ascontiguousarray(np.clip(notes.velocity[sel][order], 1, 127), dtype=np.int8))
         score.tracks.append(track)
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    score.to("tick").dump_midi(str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        score.to("tick").dump_midi(str(tmp))

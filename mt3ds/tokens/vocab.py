@@ -1,4 +1,4 @@
-"""The Option 1 vocabulary (decisions §3): typed event ranges laid end to end after three special ids.
+"""The Option 1 vocabulary (docs/design.md §3.1): typed event ranges laid end to end after three special ids.
 
 Ids, pinned by tests/test_vocab.py:
     PAD 0, EOS 1, UNK 2,
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 STEPS_PER_SECOND = 100
 MAX_SHIFT_STEPS = 1000  # 10 s
 MIN_PITCH, MAX_PITCH = 21, 108
-DRUM_PROGRAM = 128  # drums share the program axis as 128 (decisions §1)
+DRUM_PROGRAM = 128  # drums share the program axis as 128 (docs/design.md §3.1)
 
 PAD, EOS, UNK = 0, 1, 2
 VOCAB_VERSION = "mt3ds-option1-v1:1437:100sps"
@@ -103,7 +103,7 @@ def event_name(token: int) -> str:
 
 
 def describe() -> dict:
-    """The vocabulary as JSON (the shape of design.md's cumulative_vocabulary)."""
+    """The vocabulary as JSON (the ranges of docs/design.md §3.1)."""
     entries = [{"type": "special", "name": n, "id": i} for i, n in SPECIAL_NAMES.items()]
     for r in RANGES.values():
         if r.size == 1:

@@ -8,7 +8,7 @@ The split of responsibilities between the two files a run takes:
                                                and checkpoint cadence, run folder.
 The trainer writes the YAML's learning-rate values into the ds_config's optimizer and scheduler `params`
 (`resolve_ds_config`); a ds_config that sets them itself is refused, so each number has one home.
-Defaults are design.md §7 and §10 (Step 1) plus the Step 2 EMA; every one can be changed in the YAML.
+Defaults are Step 1's (docs/design.md §6.2) plus the Step 2 EMA (§6.5); every one can be changed in the YAML.
 """
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class SpecAugmentConfig:
-    """SpecAugment time masks on the log-mel features in training (design.md Step 2 §7). YAML key `spec_augment`;
+    """SpecAugment time masks on the log-mel features in training (docs/design.md §2.5). YAML key `spec_augment`;
     `features: {spec_augment: B, time_mask_width: W, time_mask_prob: P}`, its name before, is still read."""
 
     enabled: bool = False
@@ -87,7 +87,7 @@ class SpecAugmentConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """AdamW and its warmup + cosine schedule (design.md §7; base_v2 uses Step 2's values)."""
+    """AdamW and its warmup + cosine schedule (docs/design.md §6.2; base_v2 uses Step 2's values, §6.3)."""
 
     lr: float = 5e-4
     """Peak learning rate, reached at the end of warmup."""
@@ -113,7 +113,7 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class EmaConfig:
-    """Exponential moving average of the weights, used for validation and export (design.md Step 2 §5)."""
+    """Exponential moving average of the weights, used for validation and export (docs/design.md §6.5)."""
 
     decay: float = 0.999
     """Per optimizer step; 0 disables the average (the raw weights are validated and exported)."""
@@ -126,7 +126,7 @@ class EmaConfig:
 
 @dataclass(frozen=True)
 class ValidationConfig:
-    """Validation every N steps on the validation folders, with the EMA weights (design.md §9)."""
+    """Validation every N steps on the validation folders, with the EMA weights (docs/design.md §6.6)."""
 
     every: int = 2000
     """Optimizer steps between validations (0: only at the end)."""
@@ -152,7 +152,7 @@ class ValidationConfig:
 
 @dataclass(frozen=True)
 class CheckpointConfig:
-    """Resumable DeepSpeed checkpoints under run_dir/checkpoints (design.md §10)."""
+    """Resumable DeepSpeed checkpoints under run_dir/checkpoints (docs/design.md §6.7)."""
 
     every: int = 5000
     """Optimizer steps between checkpoints (and always one at the end)."""

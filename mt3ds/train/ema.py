@@ -1,4 +1,4 @@
-"""Exponential moving average of the model's weights (design.md Step 2 §5), kept in fp32.
+"""Exponential moving average of the model's weights (docs/design.md §6.5), kept in fp32.
 
 With DeepSpeed bf16 the module's weights are bf16 copies of the optimizer's fp32 master weights; the average is
 accumulated in fp32 from them (the bf16 rounding of one step is averaged away over ~1/(1 - decay) steps). Under ZeRO

@@ -1,4 +1,4 @@
-"""The training loop around the DeepSpeed engine (design.md §7, §10, Step 2; decisions §6).
+"""The training loop around the DeepSpeed engine (docs/design.md §6).
 
     shard folders -> train_loader (mixing, augmentation, padded batches, on CPU workers)
                   -> LogMel on the device -> cast to the engine's dtype -> engine(features, batch=...) -> loss
@@ -145,7 +145,7 @@ def lost_rank_message(e: BaseException) -> str | None:
     import torch.distributed as dist
 
     text = str(e).strip()
-    first = text.splitlines()[0] if text else type(e).__name__
+    first = first_line(e)
     gloo = isinstance(e, RuntimeError) and ("gloo/" in text or "Connection closed by peer" in text
                                             or "Connection reset by peer" in text)
     if not (isinstance(e, getattr(dist, "DistError", ())) or gloo):

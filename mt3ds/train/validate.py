@@ -1,4 +1,4 @@
-"""Validation during training (design.md §9), with the EMA weights in a separate fp32 model (no autocast: the
+"""Validation during training (docs/design.md §6.6), with the EMA weights in a separate fp32 model (no autocast: the
 numbers do not depend on the training precision).
 
 Teacher-forced: token loss (unsmoothed cross-entropy) and token accuracy over the first `items` validation chunks,
