@@ -58,7 +58,7 @@ def validate(model, logmel, loader, cfg: ValidationConfig, *, device, rank: int,
     items_left = math.ceil(cfg.items / world_size)
     decode_left = math.ceil(cfg.decode_items / world_size)
     dump_left = cfg.dump_midi if rank == 0 and dump_dir is not None else 0
-    sums = torch.zeros(4, dtype=torch.float64)  # token loss x tokens, correct tokens, tokens, chunks
+    sums = dict.fromkeys(("token_loss_x_tokens", "correct_tokens", "tokens", "chunks"), 0.0)
     with_rolls = model.frame_head is not None
     seconds = frame_seconds(logmel.cfg)  # a roll frame is one hop of the features (training: the default audio)
     counts = {m: Counts() for m in SCORED + (FRAME_SCORED if with_rolls else ())}
@@ -71,8 +71,11 @@ def validate(model, logmel, loader, cfg: ValidationConfig, *, device, rank: int,
         items_left -= n
         features = logmel(batch["audio"])
         _, m = model.loss(features, batch)
-        sums += torch.tensor([float(m["token_loss"]) * float(m["tokens"]), float(m["token_acc"]) * float(m["tokens"]),
-                              float(m["tokens"]), n], dtype=torch.float64)
+        tokens = float(m["tokens"])
+        sums["token_loss_x_tokens"] += float(m["token_loss"]) * tokens
+        sums["correct_tokens"] += float(m["token_acc"]) * tokens
+        sums["tokens"] += tokens
+        sums["chunks"] += n
         k = min(n, decode_left)
         if k <= 0:
             continue
@@ -98,16 +101,20 @@ def validate(model, logmel, loader, cfg: ValidationConfig, *, device, rank: int,
                 key = batch["keys"][i]
                 write_midi(est, dump_dir / f"{key}.pred.mid")
                 write_midi(ref, dump_dir / f"{key}.ref.mid")
-    flat = [sums] + [torch.tensor([c.tp, c.n_est, c.n_ref], dtype=torch.float64) for c in counts.values()]
-    flat.append(torch.tensor([decoded, malformed], dtype=torch.float64))
-    total = torch.cat(flat)
+    # Every sum by name, flattened into one tensor for a single all-reduce, then read back by the same names.
+    named = {**sums, "decoded": decoded, "malformed": malformed}
+    for name, c in counts.items():
+        named.update({f"{name}.tp": c.tp, f"{name}.n_est": c.n_est, f"{name}.n_ref": c.n_ref})
+    total = torch.tensor(list(named.values()), dtype=torch.float64)
     if all_reduce is not None:
         all_reduce(total)
-    loss_sum, correct, tokens, chunks = total[:4].tolist()
-    out = {"kind": "validation", "token_loss": loss_sum / tokens if tokens else None,
-           "token_acc": correct / tokens if tokens else None, "chunks": int(chunks), "tokens": int(tokens)}
-    for j, name in enumerate(counts):
-        tp, n_est, n_ref = total[4 + 3 * j: 7 + 3 * j].tolist()
-        out[f"{name}_f1"] = Counts(int(tp), int(n_est), int(n_ref)).scores()["f1"]
-    out["decoded"], out["malformed"] = int(total[-2]), int(total[-1])
+    t = dict(zip(named, total.tolist()))
+    tokens = t["tokens"]
+    out = {"kind": "validation", "token_loss": t["token_loss_x_tokens"] / tokens if tokens else None,
+           "token_acc": t["correct_tokens"] / tokens if tokens else None, "chunks": int(t["chunks"]),
+           "tokens": int(tokens)}
+    for name in counts:
+        c = Counts(int(t[f"{name}.tp"]), int(t[f"{name}.n_est"]), int(t[f"{name}.n_ref"]))
+        out[f"{name}_f1"] = c.scores()["f1"]
+    out["decoded"], out["malformed"] = int(t["decoded"]), int(t["malformed"])
     return out
