@@ -22,11 +22,11 @@ import ctypes
 import os
 import subprocess
 import tempfile
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
+from ..data.audio import integrated_loudness
 from ..errors import UserError
 from .arrange import Arrangement, Stem
 from .banks import DRUMKIT, TIMIDITY
@@ -178,40 +178,12 @@ def _render_timidity(arr: Arrangement, stem: Stem, n_samples: int, sample_rate: 
     return out, clipped
 
 
-@lru_cache(maxsize=4)
-def _k_weighting(sample_rate: int) -> np.ndarray:
-    """BS.1770's K-weighting (pyloudnorm's two biquads for this rate) as second-order sections."""
-    import pyloudnorm
-
-    filters = pyloudnorm.Meter(sample_rate)._filters
-    return np.array([[*f.b, *f.a] for f in (filters["high_shelf"], filters["high_pass"])], dtype=np.float64)
-
-
 def loudness(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> float | None:
-    """Integrated loudness (ITU-R BS.1770-4) in LUFS, None for silence or audio shorter than one 0.4 s block.
-
-    pyloudnorm's measurement (its filters, blocks and gates), with the 400 ms blocks summed at once from a
-    cumulative sum instead of one by one in Python: it was the mix stage's largest cost."""
-    from scipy.signal import sosfilt
-
-    block, hop = int(round(0.4 * sample_rate)), int(round(0.1 * sample_rate))
-    if len(audio) < block or not np.any(audio):
+    """Integrated loudness (ITU-R BS.1770-4) in LUFS, None for silence or audio shorter than one 0.4 s block:
+    the offline chain's measurement (pyloudnorm's, vectorized), so a stem and a shard are measured alike."""
+    if len(audio) < int(round(0.4 * sample_rate)) or not np.any(audio):
         return None
-    power = np.square(sosfilt(_k_weighting(sample_rate), audio.astype(np.float64)))
-    n_blocks = int(np.round((len(audio) / sample_rate - 0.4) / 0.1)) + 1
-    starts = np.arange(n_blocks) * hop
-    csum = np.concatenate([[0.0], np.cumsum(power)])
-    z = (csum[np.minimum(starts + block, len(power))] - csum[starts]) / block
-    with np.errstate(divide="ignore"):
-        lj = -0.691 + 10.0 * np.log10(z)
-    above = lj >= -70.0
-    if not above.any():
-        return None
-    relative = -0.691 + 10.0 * np.log10(z[above].mean()) - 10.0
-    gated = (lj > relative) & above
-    if not gated.any():
-        return None
-    value = float(-0.691 + 10.0 * np.log10(z[gated].mean()))
+    value = integrated_loudness(audio, sample_rate)
     return value if np.isfinite(value) else None
 
 
