@@ -64,24 +64,35 @@ def tokens(midi, chunk_seconds, time_encoding, as_json, events, roundtrip):
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--batch-size", type=int, default=None, help="Chunks decoded together (default: 32 on CPU, all on GPU).")
 @click.option("--beam", type=int, default=1, show_default=True, help="Beam size (1 = greedy).")
-@click.option("--notes", "notes_from", type=click.Choice(["frames", "tokens"]), default=None,
-              help="Where notes come from: frames = the model's onset/active head, instruments from the decoded "
-                   "tokens (default for a model with that head); tokens = the decoded tokens alone (MT3).")
-@click.option("--onset-threshold", type=float, default=ONSET_THRESHOLD, show_default=True,
-              help="--notes frames: the onset probability a note needs (lower finds more notes).")
-@click.option("--frame-threshold", type=float, default=FRAME_THRESHOLD, show_default=True,
-              help="--notes frames: a note lasts while its active probability stays above this.")
+@click.option("--notes", "notes_from", type=click.Choice(["frames", "hybrid", "tokens"]), default=None,
+              help="Where notes come from: frames = the encoder's note heads alone, no decoding (default for a "
+                   "model with them); hybrid = notes from the heads' rolls, instruments and drums from the decoded "
+                   "tokens (default for a model with only the aux frame head); tokens = the decoded tokens (MT3).")
+@click.option("--onset-threshold", type=float, default=None,
+              help=f"frames/hybrid: the onset probability a note needs (lower finds more notes); default: the "
+                   f"model's chosen value ({ONSET_THRESHOLD} for an aux-head model).")
+@click.option("--frame-threshold", type=float, default=None,
+              help=f"frames/hybrid: a note lasts while its frame probability stays above this; default: the "
+                   f"model's ({FRAME_THRESHOLD} for an aux-head model).")
+@click.option("--drum-threshold", type=float, default=None,
+              help="frames: the onset probability a drum hit needs; default: the model's.")
+@click.option("--min-gap", "min_gap_s", type=float, default=None,
+              help="frames: seconds between two onsets of one key (a closer peak is the same note); default: the "
+                   "model's.")
+@click.option("--quantize", is_flag=True,
+              help="CPU: int8 dynamic quantization of the linear layers (faster; see BENCHMARKS.md for its cost).")
 @click.option("--csv", "as_csv", is_flag=True, help="Also write a note list NAME.csv.")
 @click.option("--plot", is_flag=True, help="Also write a piano roll NAME.png (needs matplotlib).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def transcribe(audio, out, model, instruments, device, batch_size, beam, notes_from, onset_threshold, frame_threshold,
-               as_csv, plot, quiet):
+               drum_threshold, min_gap_s, quantize, as_csv, plot, quiet):
     """Transcribe audio files or folders (WAV, FLAC, OGG, MP3; any rate and channels) into multi-track MIDI."""
     from .transcribe import transcribe as run
 
     result = run(audio, out, model=model, instruments=instruments, device=device, batch_size=batch_size, beam=beam,
                  as_csv=as_csv, plot=plot, progress=not quiet, notes_from=notes_from,
-                 onset_threshold=onset_threshold, frame_threshold=frame_threshold)
+                 onset_threshold=onset_threshold, frame_threshold=frame_threshold, drum_threshold=drum_threshold,
+                 min_gap_s=min_gap_s, quantize=quantize)
     for src, dst, n_notes, seconds in result.written:
         click.echo(f"{src} -> {dst} ({n_notes} notes, {seconds:.1f} s)")
     if result.failed:
@@ -400,30 +411,42 @@ def bench_gpu(dry_run, steps):
 @click.option("--uncached-chunks", type=int, default=2, show_default=True,
               help="Chunks decoded without the KV cache (it is slow; the RTF is per audio second).")
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
+@click.option("--long-minutes", type=float, default=0.0, show_default=True,
+              help="Also measure the peak memory of transcribing a file this long (0: skip).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object of the figures.")
-def bench_transcribe(model, seconds, uncached_chunks, device, as_json):
-    """Real-time factor of transcribe with/without the KV cache, batch 1 vs all chunks, and basic-pitch's."""
+def bench_transcribe(model, seconds, uncached_chunks, device, long_minutes, as_json):
+    """Real-time factor of each reading (frames, hybrid, tokens; cache, batch 1), and basic-pitch's."""
     from .bench.transcribe import bench_transcribe as run
 
-    _print_figures(run(model=model, seconds=seconds, uncached_chunks=uncached_chunks, device=device), as_json)
+    _print_figures(run(model=model, seconds=seconds, uncached_chunks=uncached_chunks, device=device,
+                       long_minutes=long_minutes), as_json)
 
 
 @bench.command("quality")
 @click.option("--model", type=click.Path(dir_okay=False), default=None, help="Exported model (default: bundled).")
-@click.option("--dataset", type=click.Choice(["maestro", "slakh", "slakh_stems"]), required=True)
+@click.option("--dataset", type=click.Choice(["maestro", "slakh", "slakh_stems", "pairs"]), required=True,
+              help="A published layout, or pairs: audio files with a same-named .mid beside them (--files).")
 @click.option("--root", type=click.Path(), required=True, help="The dataset's folder, as published.")
+@click.option("--files", default="**/*", show_default=True, help="pairs: which audio files under --root (a glob).")
+@click.option("--readings", default=None,
+              help="Comma-separated readings to score (frames, hybrid, tokens); the first is the headline. "
+                   "Default: the model's default reading.")
+@click.option("--quantize", is_flag=True, help="int8 dynamic quantization of the linear layers (CPU).")
 @click.option("--split", default="test", show_default=True)
 @click.option("--limit", type=int, default=None, help="Score only the first N tracks.")
 @click.option("--no-instruments", is_flag=True, help="Skip the run with each track's instrument list given.")
 @click.option("--no-basic-pitch", is_flag=True, help="Skip basic-pitch even when it is installed.")
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object of the figures.")
-def bench_quality(model, dataset, root, split, limit, no_instruments, no_basic_pitch, device, as_json):
+def bench_quality(model, dataset, root, files, readings, quantize, split, limit, no_instruments, no_basic_pitch,
+                  device, as_json):
     """Note F1s and real-time factor of a model on a dataset split, beside basic-pitch's on the same files."""
     from .bench.quality import bench_quality as run
 
+    readings = tuple(r.strip() for r in readings.split(",") if r.strip()) if readings else None
     _print_figures(run(model, dataset, root, split, limit, instruments=not no_instruments,
-                       basic_pitch=not no_basic_pitch, device=device), as_json)
+                       basic_pitch=not no_basic_pitch, device=device, readings=readings, files=files,
+                       quantize=quantize), as_json)
 
 
 def _print_figures(figures: dict, as_json: bool) -> None:

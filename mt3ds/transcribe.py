@@ -5,19 +5,23 @@ chunks; chunks go through log-mel features and the model in batches (KV-cache gr
 well-formed chunks and to the --instruments list), and the chunks' tokens are stitched into notes (a note sounding
 at a chunk's end and absent from the next chunk's tie section ends at the boundary).
 
-Where the notes come from (--notes): "tokens" takes them from the decoded tokens, as MT3 does; "frames" (hybrid,
-the default for a model with the aux frame head) takes the pitched notes from the head's onset and active rolls and
-gives each one the instrument of the decoded note that matches it best, keeping the decoded drums
-(mt3ds/tokens/frames.py).
+Where the notes come from (--notes):
+    frames  (the default for a model with note heads) notes, instruments and drums from the encoder's heads alone,
+            no decoding (mt3ds/tokens/rolls.py): one encoder pass per chunk, instruments decided over the whole file
+    hybrid  (the default for a model with only the aux frame head) pitched notes from the heads' class-agnostic
+            rolls, each given the instrument of the decoded note that matches it best, drums decoded
+            (mt3ds/tokens/frames.py)
+    tokens  the decoded tokens alone, as MT3 reads them
 
     pipeline = Pipeline("model.safetensors")            # the model, its features and audio config, on a device
     notes, n_chunks = pipeline.transcribe_audio(waveform, "name", notes_from="frames")
-    # or in two steps, to read one decode both ways (bench quality):
-    decoded = pipeline.decode_audio(waveform, "name", with_rolls=True)   # Decoded: tokens per chunk, rolls
+    # or in two steps, to read one decode several ways (bench quality):
+    decoded = pipeline.decode_audio(waveform, "name", notes_from="hybrid")   # Decoded: tokens, rolls, heads
     notes = pipeline.read_notes(decoded, len(waveform))
 
 Memory stays bounded on long inputs: features and decoder state exist for one batch of chunks at a time; the 16 kHz
-waveform (230 MB per hour) and, for "frames", the head's float16 rolls (160 MB per hour) are held whole.
+waveform (230 MB per hour) and the heads' float16 class-agnostic rolls (3 x 88 per 8 ms frame, 240 MB per hour;
+the class rolls only where notes sound) are held whole.
 """
 from __future__ import annotations
 
@@ -33,11 +37,12 @@ from .errors import UserError, first_line
 from .files import atomic_path
 from .tokens import gm, vocab
 from .tokens.frames import FRAME_THRESHOLD, N_KEYS, ONSET_THRESHOLD, frame_seconds, hybrid_notes
+from .tokens.rolls import HeadRolls, ReadSettings, RollReader, read_heads
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".opus")
 DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "default_model.safetensors"
 CPU_BATCH = 32  # chunks per batch on the CPU: ~65 s of audio, ~16 MB of features
-NOTE_SOURCES = ("frames", "tokens")
+NOTE_SOURCES = ("frames", "hybrid", "tokens")
 
 
 @dataclass
@@ -53,10 +58,12 @@ class Decoded:
     """What the model decoded from one file's chunks."""
 
     tokens: list[np.ndarray]
-    """Each chunk's token ids, int64, ending with EOS (or cut at the model's max_tokens)."""
+    """Each chunk's token ids, int64, ending with EOS (or cut at the model's max_tokens); empty for "frames"."""
     rolls: np.ndarray | None = None
-    """float16 [chunks, frames, 2, N_KEYS]: the aux head's onset and active probabilities from the same encoder
-    pass (with_rolls); None: the notes are read from the tokens alone."""
+    """float16 [chunks, frames, 2, N_KEYS]: onset and active probabilities (the aux head's, or the note heads'
+    class-agnostic onset and frame rolls) for the hybrid reading; None: not hybrid."""
+    heads: HeadRolls | None = None
+    """The note heads' rolls of the whole file ("frames": read without tokens); None: not "frames"."""
 
 
 def parse_instruments(spec: str | None) -> list[int] | None:
@@ -114,15 +121,17 @@ class Pipeline:
     is model.transcriber.Transcriber)."""
 
     def __init__(self, model_path: str | os.PathLike | None = None, device: str = "auto",
-                 onset_threshold: float | None = None, frame_threshold: float | None = None):
+                 onset_threshold: float | None = None, frame_threshold: float | None = None,
+                 drum_threshold: float | None = None, min_gap_s: float | None = None, quantize: bool = False):
         import torch
 
         from .config import AudioConfig, FeatureConfig
         from .model.features import LogMel
         from .model.io import load_model
 
-        self.onset_threshold = _threshold("--onset-threshold", onset_threshold, ONSET_THRESHOLD)
-        self.frame_threshold = _threshold("--frame-threshold", frame_threshold, FRAME_THRESHOLD)
+        _threshold("--drum-threshold", drum_threshold, 0.5)
+        if min_gap_s is not None and not 0.0 <= min_gap_s <= 1.0:
+            raise UserError(f"--min-gap must be between 0 and 1 second, not {min_gap_s}", exit_code=2)
 
         path = Path(model_path) if model_path else DEFAULT_MODEL
         if model_path is None and not path.exists():
@@ -135,12 +144,27 @@ class Pipeline:
         self.features = LogMel(self.feature_cfg, self.audio_cfg).to(self.device)
         self.time_encoding = self.model.cfg.time_encoding
         self.has_frame_head = self.model.frame_head is not None
+        self.has_heads = self.model.note_heads is not None
         self.frame_seconds = frame_seconds(self.feature_cfg, self.audio_cfg)
+        # hybrid reading thresholds: the aux head's defaults, or the note heads' (the model's chosen reading)
+        self.reading = ReadSettings.from_dict(self.meta.get("reading")).replace(
+            onset_threshold=_threshold("--onset-threshold", onset_threshold, None),
+            frame_threshold=_threshold("--frame-threshold", frame_threshold, None),
+            drum_threshold=drum_threshold, min_gap_s=min_gap_s)
+        default_onset, default_frame = ((self.reading.onset_threshold, self.reading.frame_threshold) if self.has_heads
+                                        else (ONSET_THRESHOLD, FRAME_THRESHOLD))
+        self.onset_threshold = onset_threshold if onset_threshold is not None else default_onset
+        self.frame_threshold = frame_threshold if frame_threshold is not None else default_frame
         # bf16 inference where the GPU supports it (docs/design.md §7.2); the CPU keeps fp32 for exactness.
         self.dtype = torch.bfloat16 if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
         if self.dtype != torch.float32:
             self.model.to(self.dtype)
         self.model.eval()
+        if quantize:
+            if self.device.type != "cpu":
+                raise UserError("--quantize is for CPU inference (int8 dynamic quantization of linear layers)",
+                                exit_code=2)
+            self.model = torch.ao.quantization.quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8)
 
     def instrument_tensor(self, programs: list[int] | None, batch: int):
         import torch
@@ -152,44 +176,68 @@ class Pipeline:
         return multi_hot
 
     def notes_source(self, notes_from: str | None) -> str:
-        """The --notes choice, checked against the model: None -> "frames" when the model has the head."""
+        """The --notes choice, checked against the model: None -> "frames" with note heads, "hybrid" with only the
+        aux frame head, else "tokens"."""
         if notes_from is None:
-            return "frames" if self.has_frame_head else "tokens"
+            return "frames" if self.has_heads else "hybrid" if self.has_frame_head else "tokens"
         if notes_from not in NOTE_SOURCES:
             raise UserError(f"--notes must be one of {', '.join(NOTE_SOURCES)}, not {notes_from!r}", exit_code=2)
-        if notes_from == "frames" and not self.has_frame_head:
-            raise UserError("--notes frames: this model has no aux frame head (trained without aux_frame_loss); "
-                            "use --notes tokens", exit_code=2)
+        if notes_from == "frames" and not self.has_heads:
+            other = "hybrid or tokens" if self.has_frame_head else "tokens"
+            raise UserError(f"--notes frames: this model has no note heads (trained without note_heads); use "
+                            f"--notes {other}", exit_code=2)
+        if notes_from == "hybrid" and not (self.has_heads or self.has_frame_head):
+            raise UserError("--notes hybrid: this model has neither note heads nor the aux frame head; use --notes "
+                            "tokens", exit_code=2)
         return notes_from
 
     def decode_chunks(self, chunks: np.ndarray, programs=None, batch_size: int | None = None, beam: int = 1,
-                      use_cache: bool = True, progress=None, with_rolls: bool = False) -> Decoded:
-        """[n, chunk_samples] prepared audio -> each chunk's token ids, and with with_rolls the frame head's rolls."""
+                      use_cache: bool = True, progress=None, with_rolls: bool = False,
+                      notes_from: str | None = None) -> Decoded:
+        """[n, chunk_samples] prepared audio -> Decoded: "frames" runs the encoder and its heads only; "hybrid"
+        (or with_rolls) decodes tokens and keeps the class-agnostic rolls; "tokens" decodes tokens."""
         import torch
 
         from .model.generate import Search, generate
 
+        source = notes_from or ("hybrid" if with_rolls else "tokens")
         batch_size = batch_size or (max(1, len(chunks)) if self.device.type == "cuda" else CPU_BATCH)
         search = Search(beam_size=beam, use_cache=use_cache)  # the grammar keeps every chunk well formed
-        tokens, rolls = [], []
+        tokens, rolls, reader = [], [], RollReader() if source == "frames" else None
+        frames = self.feature_cfg.frames
         for start in range(0, len(chunks), batch_size):
             audio = torch.from_numpy(np.ascontiguousarray(chunks[start:start + batch_size])).to(self.device)
             with torch.no_grad():
                 feats = self.features(audio.float()).to(self.dtype)
                 instruments = self.instrument_tensor(programs, len(audio))
-                # --instruments also limits what the grammar lets each chunk write
-                out = generate(self.model, feats, instruments, allowed=instruments, search=search,
-                               with_rolls=with_rolls)
-            if with_rolls:
-                rolls.append(out.rolls.to(torch.float16).cpu().numpy())
-            tokens += [_trim(row) for row in out.tokens.cpu().numpy()]
+                if source == "frames":  # no decoder call at all
+                    probs = self.model.head_probs(self.model.encode(feats, instruments), frames)
+                    reader.add({k: v.cpu().numpy() for k, v in probs.items()})
+                else:
+                    # --instruments also limits what the grammar lets each chunk write
+                    out = generate(self.model, feats, instruments, allowed=instruments, search=search,
+                                   with_rolls=source == "hybrid" and not self.has_heads)
+                    tokens += [_trim(row) for row in out.tokens.cpu().numpy()]
+                    if source == "hybrid":
+                        rolls.append(self._hybrid_rolls(out, feats, instruments))
             if progress is not None:
                 progress.update(len(audio))
-        if not with_rolls:
+        if source == "frames":
+            return Decoded([], heads=reader.rolls())
+        if source == "tokens":
             return Decoded(tokens)
         if not rolls:
-            return Decoded(tokens, np.zeros((0, self.feature_cfg.frames, 2, N_KEYS), np.float16))
+            return Decoded(tokens, np.zeros((0, frames, 2, N_KEYS), np.float16))
         return Decoded(tokens, np.concatenate(rolls))
+
+    def _hybrid_rolls(self, out, feats, instruments) -> np.ndarray:
+        """float16 [B, frames, 2, N_KEYS]: the aux head's rolls, or the note heads' group-0 onset and frame rolls."""
+        import torch
+
+        if not self.has_heads:
+            return out.rolls.to(torch.float16).cpu().numpy()
+        probs = self.model.head_probs(self.model.encode(feats, instruments), feats.shape[1])
+        return torch.stack([probs["onset"][:, :, 0], probs["frame"][:, :, 0]], 2).to(torch.float16).cpu().numpy()
 
     def transcribe_audio(self, audio: np.ndarray, seed_key: str, programs=None, batch_size=None, beam: int = 1,
                          use_cache: bool = True, progress=None, notes_from: str | None = None):
@@ -197,35 +245,44 @@ class Pipeline:
         default, see notes_source)."""
         source = self.notes_source(notes_from)
         decoded = self.decode_audio(audio, seed_key, programs, batch_size, beam, use_cache, progress,
-                                    with_rolls=source == "frames")
+                                    notes_from=source)
         return self.read_notes(decoded, len(audio), programs), len(decoded.tokens)
 
     def decode_audio(self, audio: np.ndarray, seed_key: str, programs=None, batch_size=None, beam: int = 1,
-                     use_cache: bool = True, progress=None, with_rolls: bool = False) -> Decoded:
+                     use_cache: bool = True, progress=None, with_rolls: bool = False,
+                     notes_from: str | None = None) -> Decoded:
         """16 kHz mono waveform -> the offline chain -> chunks -> decode_chunks."""
         from .data.audio import chunk, prepare
 
         chunks = chunk(prepare(audio, self.audio_cfg, seed_key), self.audio_cfg)
-        return self.decode_chunks(chunks, programs, batch_size, beam, use_cache, progress, with_rolls=with_rolls)
+        return self.decode_chunks(chunks, programs, batch_size, beam, use_cache, progress, with_rolls=with_rolls,
+                                  notes_from=notes_from)
 
     def read_notes(self, decoded: Decoded, n_samples: int, programs=None):
-        """Decoded chunks -> Notes of a file of n_samples: hybrid when decoded has rolls, else the tokens alone."""
+        """Decoded chunks -> Notes of a file of n_samples: from the heads ("frames"), hybrid when decoded has rolls,
+        else the tokens alone."""
         from .tokens.codec import decode_tokens
 
         duration = n_samples / self.audio_cfg.sample_rate
+        if decoded.heads is not None:
+            return _clip(read_heads(decoded.heads, self.frame_seconds, self.reading, programs), duration)
         notes, _ = decode_tokens(decoded.tokens, chunk_seconds=self.audio_cfg.chunk_seconds,
                                  time_encoding=self.time_encoding, end_s=duration)
         if decoded.rolls is not None:
             rolls = decoded.rolls.reshape(-1, 2, N_KEYS)  # chunks are back to back: one timeline
             notes = hybrid_notes(rolls[:, 0], rolls[:, 1], self.frame_seconds, notes, programs,
                                  self.onset_threshold, self.frame_threshold)
-        # the last chunk is zero-padded past the file's end: nothing can start there
-        notes = notes.select(notes.onset < duration)
-        notes.offset[:] = np.minimum(notes.offset, duration)
-        return notes
+        return _clip(notes, duration)
 
 
-def _threshold(option: str, value: float | None, default: float) -> float:
+def _clip(notes, duration: float):
+    """The last chunk is zero-padded past the file's end: nothing can start there, nothing lasts past it."""
+    notes = notes.select(notes.onset < duration)
+    notes.offset[:] = np.minimum(notes.offset, duration)
+    return notes
+
+
+def _threshold(option: str, value: float | None, default: float | None) -> float | None:
     if value is None:
         return default
     if not 0.0 < value < 1.0:
@@ -277,7 +334,8 @@ def write_plot(notes, path: Path, title: str) -> None:
 def transcribe(inputs, out, model=None, instruments: str | None = None, device: str = "auto",
                batch_size: int | None = None, beam: int = 1, as_csv: bool = False, plot: bool = False,
                progress: bool = True, notes_from: str | None = None, onset_threshold: float | None = None,
-               frame_threshold: float | None = None) -> TranscribeResult:
+               frame_threshold: float | None = None, drum_threshold: float | None = None,
+               min_gap_s: float | None = None, quantize: bool = False) -> TranscribeResult:
     """Transcribe audio files or folders into General MIDI files; a bad file is reported and the rest go on."""
     from tqdm import tqdm
 
@@ -291,7 +349,7 @@ def transcribe(inputs, out, model=None, instruments: str | None = None, device: 
     programs = parse_instruments(instruments)
     files = collect_inputs(inputs)
     outputs = output_paths(files, Path(out))
-    pipeline = Pipeline(model, device, onset_threshold, frame_threshold)
+    pipeline = Pipeline(model, device, onset_threshold, frame_threshold, drum_threshold, min_gap_s, quantize)
     pipeline.notes_source(notes_from)  # a bad --notes fails before any file is read
     result = TranscribeResult()
     bar = tqdm(total=0, unit="chunk", disable=not progress, file=sys.stderr, dynamic_ncols=True)

@@ -146,9 +146,10 @@ def test_chunks_are_stitched_in_time_with_an_oracle_decoder(model_path, monkeypa
     expected = encode_notes(truth, n_chunks=n_chunks, time_encoding=pipeline.time_encoding)
     calls = []
 
-    def oracle(chunks, programs=None, batch_size=None, beam=1, use_cache=True, progress=None, with_rolls=False):
+    def oracle(chunks, programs=None, batch_size=None, beam=1, use_cache=True, progress=None, with_rolls=False,
+               notes_from=None):
         calls.append(len(chunks))
-        assert not with_rolls
+        assert not with_rolls and notes_from == "tokens"
         return Decoded(expected.chunks())
 
     monkeypatch.setattr(pipeline, "decode_chunks", oracle)
@@ -166,7 +167,7 @@ def test_frames_path_with_an_oracle_head_and_decoder(model_path, monkeypatch):
     from mt3ds.tokens.frames import frame_targets
 
     pipeline = Pipeline(model_path)
-    assert pipeline.has_frame_head and pipeline.notes_source(None) == "frames"
+    assert pipeline.has_frame_head and pipeline.notes_source(None) == "hybrid"
     cfg = AudioConfig()
     truth = Notes([0.1, 1.0, 2.5, 4.3, 1.5], [0.6, 5.0, 3.0, 4.4, 1.6], [60, 64, 67, 38, 72], [80, 90, 70, 100, 64],
                   [0, 33, 0, 128, 73])
@@ -177,8 +178,9 @@ def test_frames_path_with_an_oracle_head_and_decoder(model_path, monkeypatch):
     targets = [frame_targets(ids) for ids in canonical]
     rolls = np.stack([np.stack(r, axis=1) for r in targets]).astype(np.float16)  # [chunks, frames, 2, N_KEYS]
 
-    def oracle(chunks, programs=None, batch_size=None, beam=1, use_cache=True, progress=None, with_rolls=False):
-        assert with_rolls
+    def oracle(chunks, programs=None, batch_size=None, beam=1, use_cache=True, progress=None, with_rolls=False,
+               notes_from=None):
+        assert notes_from == "hybrid"
         return Decoded(tokens, rolls)
 
     monkeypatch.setattr(pipeline, "decode_chunks", oracle)
@@ -202,7 +204,7 @@ def test_notes_from_frames_needs_the_head(tmp_path, model_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["transcribe", str(src), "-o", str(tmp_path / "a.mid"), "--model", str(no_head), "--notes", "frames"])
     err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and "no aux frame head" in err and "Traceback" not in err
+    assert exit_info.value.code == 2 and "no note heads" in err and "Traceback" not in err
     assert not (tmp_path / "a.mid").exists()
     assert Pipeline(no_head).notes_source(None) == "tokens"
     ok = run("transcribe", src, "-o", tmp_path / "b.mid", "--model", model_path, "--notes", "tokens", "--quiet")
@@ -229,10 +231,12 @@ def test_bench_quality_scores_a_split_with_and_without_instruments(tmp_path, mod
     for i in (1, 2):
         stems = [{"program": 0, "seed": i}, {"program": 33, "seed": 9 + i}]
         make_slakh_track(tmp_path / "slakh" / "test" / f"Track0000{i}", stems, 2.5, seed=i)
-    fig = bench_quality(model_path, "slakh", tmp_path / "slakh", "test", basic_pitch=False)
+    fig = bench_quality(model_path, "slakh", tmp_path / "slakh", "test", basic_pitch=False,
+                        readings=("hybrid", "tokens"))
     assert fig["tracks"] == 2 and fig["audio_seconds"] == pytest.approx(5.0, abs=0.1)
-    assert fig["mt3ds_notes_from"] == "frames"  # the fixture model has the head: hybrid, and tokens alone too
-    for prefix in ("mt3ds_", "mt3ds_with_instruments_", "mt3ds_tokens_", "mt3ds_tokens_with_instruments_"):
+    assert fig["mt3ds_notes_from"] == "hybrid"  # the fixture model has the aux head: hybrid, and tokens alone too
+    assert fig["reference_tracks_per_file"] == 2 and fig["mt3ds_tokens_tracks_per_file"] >= 0
+    for prefix in ("mt3ds_", "mt3ds_with_instruments_", "mt3ds_tokens_"):
         for metric in ("onset", "multi_full", "drum_onset"):
             f1 = fig[f"{prefix}{metric}_f1"]
             assert f1 is None or 0.0 <= f1 <= 1.0
@@ -254,5 +258,6 @@ def test_bench_transcribe_times_the_default_reading(model_path):
     from mt3ds.bench.transcribe import bench_transcribe
 
     fig = bench_transcribe(model=model_path, seconds=3.0, uncached_chunks=1, device="cpu")
-    assert fig["notes_from"] == "frames" and fig["chunks"] == 2 and fig["tokens_decoded"] >= 2
-    assert fig["rtf_cached"] > 0 and fig["rtf_cached_batch1"] > 0 and fig["rtf_uncached"] > 0
+    assert fig["notes_from"] == "hybrid" and fig["chunks"] == 2 and fig["tokens_decoded"] >= 2
+    assert fig["rtf_hybrid"] > 0 and fig["rtf_tokens"] > 0 and fig["rtf_tokens_batch1"] > 0
+    assert fig["rtf_tokens_uncached"] > 0 and "rtf_frames" not in fig  # the fixture model has no note heads

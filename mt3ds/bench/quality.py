@@ -4,10 +4,11 @@ Indexes a dataset in its published layout (e.g. the synthetic corpus from `mt3ds
 one split, scores it with `mt3ds evaluate`'s metrics against the track's target notes (for Slakh: the union of the
 stem MIDI files, as the shards use), and, when basic-pitch is installed, does the same with basic-pitch on the same
 files in the same run. Optionally also with each track's instrument list given to the model (`--instruments`),
-to show what Step 3 conditioning buys. A model with the aux frame head is read the way `transcribe` reads it by
-default (hybrid, --notes frames: mt3ds_*), and the same decode is also read from its tokens alone (--notes tokens,
-as MT3: mt3ds_tokens_*). Figures: pooled onset, onset+offset, frame, multi-instrument (full and
-class) and drum onset F1, and the real-time factor of each system.
+to show what Step 3 conditioning buys. The model is read the way `transcribe` reads it by default (mt3ds_*), and
+with --readings also in other ways (frames, hybrid, tokens: mt3ds_READING_*). `--dataset pairs` scores real
+recordings instead: every audio file under --root matching --files with a same-named .mid beside it. Figures: pooled
+onset, onset+offset, frame, multi-instrument (full and class) and drum onset F1, instrument tracks per file (and the
+reference's), and the real-time factor of each system, basic-pitch's on the same files in the same run.
 """
 from __future__ import annotations
 
@@ -53,52 +54,83 @@ def _basic_pitch(paths):
     return out, elapsed
 
 
+def _pairs(root, pattern: str):
+    """(track id, audio path, reference Notes, programs) of every audio file matching `pattern` under root that has a
+    MIDI file of the same name beside it (real recordings with aligned notes, e.g. TRIOS's */mix.flac)."""
+    from ..tokens.midi import read_midi
+    from ..transcribe import AUDIO_SUFFIXES
+
+    root = Path(root)
+    out = []
+    for audio in sorted(root.glob(pattern)):
+        midi = audio.with_suffix(".mid")
+        if audio.suffix.lower() in AUDIO_SUFFIXES and midi.exists():
+            notes, _ = read_midi(midi)
+            out.append((str(audio.relative_to(root)), audio, notes, sorted({int(p) for p in notes.program})))
+    return out
+
+
+def _tracks(notes) -> int:
+    """Instrument tracks a MIDI file of these notes has: one per program, drums one."""
+    return len(set(notes.program.tolist()))
+
+
 def bench_quality(model, dataset: str, root, split: str = "test", limit: int | None = None,
-                  instruments: bool = True, basic_pitch: bool = True, device: str = "cpu") -> dict:
+                  instruments: bool = True, basic_pitch: bool = True, device: str = "cpu",
+                  readings: tuple[str, ...] | None = None, files: str = "**/*", quantize: bool = False) -> dict:
+    """Figures of one model on a dataset split (or, with dataset "pairs", on audio files with same-named MIDI files
+    under root, matching `files`). `readings`: how notes are read (frames, hybrid, tokens); the first is the
+    headline (mt3ds_*), the others are mt3ds_READING_*; default: the model's default reading alone."""
+    import numpy as np
+
     from ..data.audio import load_audio
-    from ..data.index import index
-    from ..data.shards import read_target
-    from ..transcribe import Decoded, Pipeline
+    from ..errors import UserError
+    from ..transcribe import Pipeline
 
-    records = index(dataset, root, [split]).records[:limit]
-    if not records:
-        from ..errors import UserError
-        raise UserError(f"{root}: no {split} tracks of dataset {dataset}")
-    pipeline = Pipeline(model, device)
-    refs = [read_target(r) for r in records]
-    audio_s = sum(r.duration_s for r in records)
-    fig = {"model": str(model or "bundled default"), "dataset": dataset, "split": split, "tracks": len(records),
-           "audio_seconds": round(audio_s, 1)}
+    if dataset == "pairs":
+        tracks = _pairs(root, files)[:limit]
+    else:
+        from ..data.index import index
+        from ..data.shards import read_target
 
-    hybrid = pipeline.notes_source(None) == "frames"
-    fig["mt3ds_notes_from"] = "frames" if hybrid else "tokens"
+        records = index(dataset, root, [split]).records[:limit]
+        tracks = [(r.track_id, Path(r.audio_path), read_target(r), sorted(set(r.instrument_programs)))
+                  for r in records]
+    if not tracks:
+        raise UserError(f"{root}: no {split if dataset != 'pairs' else files} tracks of dataset {dataset}")
+    pipeline = Pipeline(model, device, quantize=quantize)
+    readings = tuple(readings or (pipeline.notes_source(None),))
+    for r in readings:
+        pipeline.notes_source(r)  # refuses a reading the model cannot do
+    refs = [t[2] for t in tracks]
+    audio = [load_audio(t[1], pipeline.audio_cfg.sample_rate) for t in tracks]
+    audio_s = sum(len(a) for a in audio) / pipeline.audio_cfg.sample_rate
+    fig = {"model": str(model or "bundled default"), "dataset": dataset, "split": split if dataset != "pairs"
+           else files, "tracks": len(tracks), "audio_seconds": round(audio_s, 1), "mt3ds_notes_from": readings[0],
+           "reference_tracks_per_file": float(np.mean([_tracks(r) for r in refs]))}
 
-    def run(with_instruments: bool):
-        """(default estimates, token-only estimates or None, seconds): one decode gives both readings; the time is
-        that of the default reading alone."""
-        ests, tokens_only, elapsed = [], [], 0.0
-        for r in records:
+    def run(reading: str, with_instruments: bool):
+        """Each track's estimated notes and the seconds they took (decoding from the waveform on)."""
+        ests, elapsed = [], 0.0
+        for (track_id, _, _, programs), wave in zip(tracks, audio):
+            hint = programs if with_instruments else None
             t0 = time.perf_counter()
-            audio = load_audio(r.audio_path, pipeline.audio_cfg.sample_rate)
-            programs = sorted(set(r.instrument_programs)) if with_instruments else None
-            decoded = pipeline.decode_audio(audio, r.track_id, programs, with_rolls=hybrid)
-            ests.append(pipeline.read_notes(decoded, len(audio), programs))
+            decoded = pipeline.decode_audio(wave, track_id, hint, notes_from=reading)
+            ests.append(pipeline.read_notes(decoded, len(wave), hint))
             elapsed += time.perf_counter() - t0
-            if hybrid:  # the same decode without its rolls: read from the tokens alone
-                tokens_only.append(pipeline.read_notes(Decoded(decoded.tokens), len(audio), programs))
-        return ests, tokens_only if hybrid else None, elapsed
+        return ests, elapsed
 
-    ests, tokens_only, elapsed = run(False)
-    fig.update({f"mt3ds_{k}": v for k, v in _pooled(zip(refs, ests)).items()})
-    fig["mt3ds_rtf"] = elapsed / audio_s
-    if tokens_only is not None:  # what the same decode gives read from the tokens alone (--notes tokens, MT3)
-        fig.update({f"mt3ds_tokens_{k}": v for k, v in _pooled(zip(refs, tokens_only)).items()})
-    if instruments:
-        ests_i, tokens_only_i, _ = run(True)
-        fig.update({f"mt3ds_with_instruments_{k}": v for k, v in _pooled(zip(refs, ests_i)).items()})
-        if tokens_only_i is not None:
-            fig.update({f"mt3ds_tokens_with_instruments_{k}": v for k, v in _pooled(zip(refs, tokens_only_i)).items()})
-    bp, bp_s = _basic_pitch([r.audio_path for r in records]) if basic_pitch else (None, None)
+    for i, reading in enumerate(readings):
+        prefix = "mt3ds_" if i == 0 else f"mt3ds_{reading}_"
+        ests, elapsed = run(reading, False)
+        fig.update({f"{prefix}{k}": v for k, v in _pooled(zip(refs, ests)).items()})
+        fig[f"{prefix}rtf"] = elapsed / audio_s
+        fig[f"{prefix}tracks_per_file"] = float(np.mean([_tracks(e) for e in ests]))
+        if instruments and i == 0:
+            ests_i, _ = run(reading, True)
+            fig.update({f"mt3ds_with_instruments_{k}": v for k, v in _pooled(zip(refs, ests_i)).items()})
+            fig["mt3ds_with_instruments_tracks_per_file"] = float(np.mean([_tracks(e) for e in ests_i]))
+    bp, bp_s = _basic_pitch([t[1] for t in tracks]) if basic_pitch else (None, None)
     if bp is not None:
         scores = _pooled(zip(refs, bp))
         for k in ("onset_f1", "onset_offset_f1", "frame_f1"):  # instrument-agnostic: only these mean anything

@@ -1,6 +1,8 @@
 """`mt3ds bench transcribe`: real-time factor (seconds of compute per second of audio) of `mt3ds transcribe` on a
-generated 60 s recording, with and without the KV cache, for batches of 1 chunk and of all chunks; and, when
-basic-pitch is installed, its real-time factor on the same file in the same run.
+generated 60 s recording for each reading the model can do (frames: the note heads alone; hybrid; tokens: decoded
+with the KV cache, also with batches of one chunk and without the cache; frames with int8 linear layers); when
+basic-pitch is installed, its real-time factor on the same file in the same run; with --long-minutes, the peak
+memory of transcribing a long file in a fresh process.
 
 The whole path is timed: decode + resample + offline chain + features + generation + stitching + MIDI writing.
 Without the cache a segment costs one full decoder pass per token, so it is timed on the first few chunks only and
@@ -51,55 +53,84 @@ def _basic_pitch_rtf(path: Path, seconds: float, warm: Path) -> float | None:
         return (time.perf_counter() - t0) / seconds
 
 
-def bench_transcribe(model=None, seconds: float = 60.0, uncached_chunks: int = 2, device: str = "cpu") -> dict:
-    """Figures for one model (default: the bundled one)."""
+def _peak_rss_mb(path: Path, model, minutes: float, tmp: Path) -> float:
+    """Peak resident memory (MB) of `mt3ds transcribe` on a file of `minutes`, in a fresh process."""
+    import resource
+    import subprocess
+
+    long = tmp / "long.wav"
+    render_test_file(long, minutes * 60, sample_rate=16000, seed=2)
+    cmd = [sys.executable, "-m", "mt3ds", "transcribe", str(long), "-o", str(tmp / "long.mid"), "--quiet",
+           "--device", "cpu"] + (["--model", str(model)] if model else [])
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KB on Linux
+
+
+def bench_transcribe(model=None, seconds: float = 60.0, uncached_chunks: int = 2, device: str = "cpu",
+                     long_minutes: float = 0.0) -> dict:
+    """Figures for one model (default: the bundled one): the real-time factor of each reading the model can do
+    (rtf_frames, rtf_hybrid, rtf_tokens, and rtf_frames_int8 with quantized linear layers), the token path's with
+    batches of one chunk and without the KV cache, basic-pitch's on the same file; with long_minutes, the peak
+    memory of transcribing a file that long."""
     import torch
 
     from ..data.audio import chunk, load_audio, prepare
-    from ..transcribe import Pipeline
+    from ..transcribe import NOTE_SOURCES, Pipeline
 
     pipeline = Pipeline(model, device)
     cfg = pipeline.audio_cfg
+    readings = [r for r in NOTE_SOURCES if r == "tokens" or (r == "frames" and pipeline.has_heads)
+                or (r == "hybrid" and (pipeline.has_heads or pipeline.has_frame_head))]
+    figures = {}
     with tempfile.TemporaryDirectory() as tmp:
         path, warm = Path(tmp) / "bench.wav", Path(tmp) / "warm.wav"
         render_test_file(path, seconds)
         render_test_file(warm, 3.0, seed=1)
 
-        hybrid = pipeline.notes_source(None) == "frames"  # transcribe's default reading of this model
-
-        def run(batch_size, use_cache, limit=None):
+        def run(reading, batch_size=None, use_cache=True, limit=None, pipe=pipeline):
             t0 = time.perf_counter()
             audio = load_audio(path, cfg.sample_rate)
             if limit is not None:
                 audio = audio[:limit * cfg.chunk_samples]
-            decoded = pipeline.decode_audio(audio, "bench", batch_size=batch_size, use_cache=use_cache,
-                                            with_rolls=hybrid)
-            notes = pipeline.read_notes(decoded, len(audio))
+            decoded = pipe.decode_audio(audio, "bench", batch_size=batch_size, use_cache=use_cache,
+                                        notes_from=reading)
+            notes = pipe.read_notes(decoded, len(audio))
             write_midi(notes, Path(tmp) / "out.mid")
             elapsed = time.perf_counter() - t0
             audio_s = seconds if limit is None else min(seconds, limit * cfg.chunk_seconds)
-            return elapsed / audio_s, len(decoded.tokens), int(sum(len(t) for t in decoded.tokens)), len(notes)
+            return elapsed / audio_s, decoded, notes
 
-        pipeline.decode_chunks(chunk(prepare(load_audio(warm, cfg.sample_rate), cfg, "w"), cfg))  # warm-up
-        rtf_all, n_chunks, n_tokens, n_notes = run(None, True)
-        rtf_one, *_ = run(1, True)
-        rtf_uncached, *_ = run(None, False, limit=uncached_chunks)
+        warm_chunks = chunk(prepare(load_audio(warm, cfg.sample_rate), cfg, "warm"), cfg)
+        for reading in readings:
+            pipeline.decode_chunks(warm_chunks, notes_from=reading)  # warm-up
+            rtf, decoded, notes = run(reading)
+            figures[f"rtf_{reading}"] = rtf
+            figures[f"notes_{reading}"] = len(notes)
+            if reading == "tokens":
+                figures["chunks"] = len(decoded.tokens)
+                figures["tokens_decoded"] = int(sum(len(t) for t in decoded.tokens))
+        if pipeline.has_heads and pipeline.device.type == "cpu":
+            int8 = Pipeline(model, device, quantize=True)
+            int8.decode_chunks(warm_chunks, notes_from="frames")
+            figures["rtf_frames_int8"], _, notes = run("frames", pipe=int8)
+            figures["notes_frames_int8"] = len(notes)
+        figures["rtf_tokens_batch1"], *_ = run("tokens", 1)
+        figures["rtf_tokens_uncached"], *_ = run("tokens", None, False, limit=uncached_chunks)
         rtf_bp = _basic_pitch_rtf(path, seconds, warm)
+        if long_minutes > 0:
+            figures["long_file_minutes"] = long_minutes
+            figures["peak_rss_mb_long_file"] = _peak_rss_mb(path, model, long_minutes, Path(tmp))
+    default = pipeline.notes_source(None)
     return {
         "model": str(model or "bundled default"),
         "params": pipeline.model.num_params(),
         "device": str(pipeline.device),
-        "notes_from": "frames" if hybrid else "tokens",
+        "notes_from": default,
         "threads": torch.get_num_threads(),
         "audio_seconds": seconds,
-        "chunks": n_chunks,
-        "tokens_decoded": n_tokens,
-        "notes": n_notes,
-        "rtf_cached": rtf_all,
-        "rtf_cached_batch1": rtf_one,
-        "rtf_uncached": rtf_uncached,
+        **figures,
         "uncached_measured_on_chunks": uncached_chunks,
         "rtf_basic_pitch": rtf_bp,
-        "cache_speedup": rtf_uncached / rtf_all,
-        "speed_vs_basic_pitch": (rtf_bp / rtf_all) if rtf_bp else None,
+        "cache_speedup": figures["rtf_tokens_uncached"] / figures["rtf_tokens"],
+        "default_vs_basic_pitch": (figures[f"rtf_{default}"] / rtf_bp) if rtf_bp else None,
     }

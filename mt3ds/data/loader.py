@@ -41,6 +41,7 @@ from ..errors import UserError, first_line
 from ..tokens import vocab
 from ..tokens.codec import quantize_velocities, to_absolute
 from ..tokens.frames import frame_targets
+from ..tokens.rolls import head_targets
 from .augment import Augmenter
 from .loader_config import LoaderConfig
 from .samples import MANIFEST, Manifest, Sample
@@ -192,7 +193,7 @@ def _decode_stage(skips: _Skips):
 # Batches
 
 def collate(samples: list[dict], time_encoding: str = "absolute", aux_frame_loss: bool = False,
-            velocity_bins: int | None = None) -> dict:
+            velocity_bins: int | None = None, note_heads: bool = False) -> dict:
     """Decoded samples -> one batch of tensors, tokens padded to the longest sequence in the batch.
 
     decoder_input is the tokens shifted right behind PAD (PAD is the decoder's start token, T5/MT3); labels are the
@@ -226,6 +227,10 @@ def collate(samples: list[dict], time_encoding: str = "absolute", aux_frame_loss
         rolls = [frame_targets(s["tokens"]) for s in samples]  # from the canonical delta tokens
         batch["frame_onsets"] = torch.from_numpy(np.stack([r[0] for r in rolls]))  # [B, 256, 88]
         batch["frame_active"] = torch.from_numpy(np.stack([r[1] for r in rolls]))
+    if note_heads:
+        targets = [head_targets(s["tokens"]) for s in samples]  # uint8, from the canonical delta tokens
+        for name in targets[0]:
+            batch[f"heads_{name}"] = torch.from_numpy(np.stack([t[name] for t in targets]))
     return batch
 
 
@@ -241,7 +246,7 @@ def _batches(samples: Iterator[dict], cfg: LoaderConfig, skips: _Skips, partial:
 
 
 def _collated(batch, cfg, skips):
-    out = collate(batch, cfg.time_encoding, cfg.aux_frame_loss, cfg.velocity_bins)
+    out = collate(batch, cfg.time_encoding, cfg.aux_frame_loss, cfg.velocity_bins, cfg.note_heads)
     out["skipped"] = skips.take()
     return out
 

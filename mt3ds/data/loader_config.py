@@ -88,6 +88,9 @@ class LoaderConfig:
     """Shift tokens the model reads: absolute (rewritten from the shards' delta) or delta (docs/design.md §3.5)."""
     aux_frame_loss: bool = False
     """Also build per-frame onset and active 88-key rolls from each chunk's tokens (docs/design.md §5.5)."""
+    note_heads: bool = False
+    """Also build the note heads' targets from each chunk's tokens: heads_onset, heads_frame, heads_offset,
+    heads_drums, heads_programs (mt3ds/tokens/rolls.py)."""
     velocity_bins: int | None = None
     """Quantize target note-on velocities to this many bins (1: one velocity, MT3's multi-instrument choice);
     None keeps the shards' exact velocities."""

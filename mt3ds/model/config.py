@@ -17,6 +17,7 @@ BACKENDS = ("auto", "flash", "sdpa", "math")
 CONDITIONING = ("none", "decoder_pool", "encoder_film", "dual_stream")
 POOLS = ("mean", "attention")
 TIME_ENCODINGS = ("absolute", "delta")
+FRONT_ENDS = ("linear", "conv")
 N_INSTRUMENTS = 129  # programs 0..127 and drums as 128 (docs/design.md §1.1)
 
 
@@ -74,6 +75,19 @@ class ModelConfig:
     time_encoding: str = "absolute"
     """Shift tokens the model was trained on: absolute (default, docs/design.md §3.5) or delta."""
 
+    # front end and note heads (docs/design.md §5.7, model/heads.py)
+    front_end: str = "linear"
+    """Log-mel -> d_model: linear (the seed's) or conv (a 2-D convolution stem over time and mel bands)."""
+    time_pool: int = 1
+    """Average this many frames before the encoder blocks (the note heads still write every 8 ms frame)."""
+    note_heads: bool = False
+    """Heads on the encoder: per-class onset, frame and offset rolls, drum onsets per drum class and programs, read
+    into notes, instruments and drums without decoding (`transcribe --notes frames`, mt3ds/tokens/rolls.py)."""
+    heads_weight: float = 1.0
+    """Weight of the note heads' loss."""
+    token_weight: float = 1.0
+    """Weight of the decoder's token loss; 0 trains the encoder and heads alone (the decoder is not run)."""
+
     # aux frame head (docs/design.md §5.5)
     aux_frame_loss: bool = False
     """Add a head on the encoder output predicting onset and active 88-key rolls per frame: a training loss, and the
@@ -103,8 +117,9 @@ class ModelConfig:
         _choice("conditioning", self.conditioning, CONDITIONING)
         _choice("instrument_pool", self.instrument_pool, POOLS)
         _choice("time_encoding", self.time_encoding, TIME_ENCODINGS)
+        _choice("front_end", self.front_end, FRONT_ENDS)
         for name in ("d_model", "enc_layers", "dec_layers", "heads", "head_dim", "mlp_dim", "n_mels", "vocab_size",
-                     "max_enc_len", "max_dec_len", "max_tokens", "instrument_dim"):
+                     "max_enc_len", "max_dec_len", "max_tokens", "instrument_dim", "time_pool"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"ModelConfig.{name} must be positive, got {getattr(self, name)}")
         for name in ("attn_dropout", "resid_dropout", "mlp_dropout", "instrument_drop"):
@@ -121,6 +136,12 @@ class ModelConfig:
                              f"got {self.instrument_layers}")
         if self.aux_frame_weight < 0 or (self.aux_pos_weight is not None and self.aux_pos_weight <= 0):
             raise ValueError("ModelConfig.aux_frame_weight must be >= 0 and aux_pos_weight > 0 (or None)")
+        if self.heads_weight < 0 or self.token_weight < 0:
+            raise ValueError("ModelConfig.heads_weight and token_weight must be >= 0")
+        if self.token_weight == 0 and not (self.note_heads or self.aux_frame_loss):
+            raise ValueError("ModelConfig.token_weight 0 leaves nothing to train: turn note_heads on")
+        if self.front_end == "conv" and self.n_mels % 8:
+            raise ValueError(f"ModelConfig.front_end conv needs n_mels divisible by 8, got {self.n_mels}")
         if self.norm_eps <= 0 or self.rope_base <= 1:
             raise ValueError("ModelConfig.norm_eps must be > 0 and rope_base > 1")
 

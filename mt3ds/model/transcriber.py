@@ -5,6 +5,11 @@
                            (causal self-attention, cross-attention to memory, MLP) -> LM head (fp32) -> logits
     memory              -> optional aux frame head: onset and active key rolls per frame (a training loss, and
                            the notes of hybrid transcription: mt3ds/tokens/frames.py)
+    memory              -> optional note heads (model/heads.py): per-class onset, frame and offset rolls, drum onsets,
+                           programs: notes, instruments and drums without decoding (mt3ds/tokens/rolls.py)
+
+The front end (linear, or a conv stem) and time pooling before the encoder blocks are config switches too
+(model/heads.py). With token_weight 0 the loss never runs the decoder.
 
 The decoder starts from PAD (T5/MT3): decoder_input = [PAD] + tokens[:-1]. The LM head, the softmax and the losses
 run in fp32 even when the weights are bf16 (DeepSpeed bf16 casts weights, not activations: docs/design.md §6.3).
@@ -31,6 +36,7 @@ from .attention import KVCache
 from .blocks import DecoderBlock, EncoderBlock, Positions, make_norm
 from .conditioning import DecoderPool, DualStream, EncoderFilm, make_conditioning
 from .config import ModelConfig
+from .heads import NoteHeads, front_end, head_loss, pool_time
 
 IGNORE = -100  # label of padding positions (the loader's contract)
 
@@ -43,7 +49,7 @@ class Transcriber(nn.Module):
         self.cfg = cfg
         # encoder
         self.freq_norm = nn.LayerNorm(cfg.n_mels, eps=cfg.norm_eps)  # learnable per-frequency normalization
-        self.in_proj = nn.Linear(cfg.n_mels, cfg.d_model, bias=False)
+        self.in_proj = front_end(cfg)
         self.enc_pos = Positions(cfg, cfg.max_enc_len)
         self.enc_blocks = nn.ModuleList(EncoderBlock(cfg) for _ in range(cfg.enc_layers))
         self.enc_norm = make_norm(cfg)
@@ -55,6 +61,7 @@ class Transcriber(nn.Module):
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         # extras
         self.frame_head = nn.Linear(cfg.d_model, 2 * N_KEYS) if cfg.aux_frame_loss else None
+        self.note_heads = NoteHeads(cfg) if cfg.note_heads else None
         self.cond = make_conditioning(cfg)
         self._init_weights()
 
@@ -89,7 +96,8 @@ class Transcriber(nn.Module):
         if features.dim() != 3 or features.shape[-1] != self.cfg.n_mels:
             raise ValueError(f"features must be [B, frames, {self.cfg.n_mels}], got {tuple(features.shape)}")
         B, S, _ = features.shape
-        x = self.in_proj(self.freq_norm(features))  # (B, S, d_model)
+        x = pool_time(self.in_proj(self.freq_norm(features)), self.cfg.time_pool)  # (B, S / time_pool, d_model)
+        B, S, _ = x.shape
         x = self.enc_pos.embed(x)
         pos_kw = self.enc_pos.attention_args(S, 0, x.device)
         film = self.cond(instruments, B) if isinstance(self.cond, EncoderFilm) else None
@@ -154,7 +162,15 @@ class Transcriber(nn.Module):
         return self.logits(hidden), roll_logits
 
     def _roll_logits(self, memory: torch.Tensor) -> torch.Tensor:
+        memory = memory.repeat_interleave(self.cfg.time_pool, dim=1) if self.cfg.time_pool > 1 else memory
         return self.frame_head(memory).float().view(*memory.shape[:2], 2, N_KEYS)  # (B, S, onset|active, N_KEYS)
+
+    def head_probs(self, memory: torch.Tensor, frames: int) -> dict[str, torch.Tensor]:
+        """Note heads on the encoder's memory -> probabilities fp32: onset, frame, offset (B, frames, GROUPS,
+        N_KEYS), drums (B, frames, N_DRUM_CLASSES), programs (B, frames, 128) (mt3ds/tokens/rolls.py reads them)."""
+        if self.note_heads is None:
+            raise ValueError("this model has no note heads (note_heads)")
+        return {name: torch.sigmoid(x) for name, x in self.note_heads(memory, frames).items()}
 
     def frame_probs(self, memory: torch.Tensor) -> torch.Tensor:
         """Aux frame head on the encoder's memory -> roll probabilities fp32 (B, S, 2, N_KEYS): onset, active."""
@@ -180,23 +196,21 @@ class Transcriber(nn.Module):
         aux_frame_weight * (onset BCE + active BCE). time_smoothing = sigma > 0 (in 10 ms steps) replaces the
         one-hot target of every shift token with a Gaussian over its neighbouring shift values, so a shift one
         step off earns most of the credit instead of none (onset F1 forgives 50 ms; exact cross-entropy does not).
-        Metrics are detached scalars: loss, token_loss (unsmoothed), token_acc, tokens, and frame_onset_loss /
-        frame_active_loss with the aux head."""
-        logits, roll_logits = self.run(features, batch["decoder_input"], batch.get("instruments"))
-        labels = batch["labels"].to(logits.device)
-        valid = labels != IGNORE
-        logp = F.log_softmax(logits, dim=-1)  # (B, T, vocab) fp32
-        safe = labels.clamp(min=0)[..., None]
-        nll = -logp.gather(-1, safe).squeeze(-1)  # (B, T)
-        per_token = (1 - label_smoothing) * nll - label_smoothing * logp.mean(-1) if label_smoothing else nll
-        if time_smoothing > 0:
-            per_token = torch.where(_is_shift(labels), _soft_shift_nll(logp, labels, time_smoothing), per_token)
-        n = valid.sum().clamp(min=1)
-        loss = (per_token * valid).sum() / n
-        with torch.no_grad():
-            metrics = {"token_loss": (nll * valid).sum() / n,
-                       "token_acc": ((logits.argmax(-1) == labels) & valid).sum() / n,
-                       "tokens": valid.sum()}
+        Metrics are detached scalars: loss, token_loss (unsmoothed), token_acc, tokens (when token_weight > 0),
+        frame_onset_loss / frame_active_loss with the aux head, heads_loss and each head's term with note_heads
+        (plus heads_weight * their sum in the loss)."""
+        instruments = batch.get("instruments")
+        memory = self.encode(features, instruments)
+        loss, metrics = torch.zeros((), device=memory.device), {}
+        if self.cfg.token_weight > 0:
+            hidden = self.decode(batch["decoder_input"], memory, self.decoder_hint(instruments, features.shape[0]))
+            token_loss, metrics = self._token_loss(self.logits(hidden), batch, label_smoothing, time_smoothing)
+            loss = self.cfg.token_weight * token_loss
+        if self.note_heads is not None:
+            heads, head_metrics = head_loss(self.note_heads(memory, features.shape[1]), batch, self.cfg.aux_pos_weight)
+            loss = loss + self.cfg.heads_weight * heads
+            metrics.update(head_metrics, heads_loss=heads.detach())
+        roll_logits = self._roll_logits(memory) if self.frame_head is not None else None
         if roll_logits is not None:
             if "frame_onsets" not in batch or "frame_active" not in batch:
                 raise ValueError("aux_frame_loss is on but the batch has no frame_onsets / frame_active")
@@ -206,6 +220,23 @@ class Transcriber(nn.Module):
             metrics.update(frame_onset_loss=onset.detach(), frame_active_loss=active.detach())
         metrics["loss"] = loss.detach()
         return loss, metrics
+
+    def _token_loss(self, logits: torch.Tensor, batch: dict, label_smoothing: float, time_smoothing: float
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        labels = batch["labels"].to(logits.device)
+        valid = labels != IGNORE
+        logp = F.log_softmax(logits, dim=-1)  # (B, T, vocab) fp32
+        safe = labels.clamp(min=0)[..., None]
+        nll = -logp.gather(-1, safe).squeeze(-1)  # (B, T)
+        per_token = (1 - label_smoothing) * nll - label_smoothing * logp.mean(-1) if label_smoothing else nll
+        if time_smoothing > 0:
+            per_token = torch.where(_is_shift(labels), _soft_shift_nll(logp, labels, time_smoothing), per_token)
+        n = valid.sum().clamp(min=1)
+        with torch.no_grad():
+            metrics = {"token_loss": (nll * valid).sum() / n,
+                       "token_acc": ((logits.argmax(-1) == labels) & valid).sum() / n,
+                       "tokens": valid.sum()}
+        return (per_token * valid).sum() / n, metrics
 
     def _frame_bce(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         target = target.to(logits.device, torch.float32)

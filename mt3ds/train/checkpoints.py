@@ -37,7 +37,8 @@ EMA_FILE = "ema.safetensors"
 # ModelConfig fields that only change how the model is trained or run, not what its weights mean: a checkpoint or
 # init_from model may differ in these. Any other difference is a different model.
 TRAINING_ONLY_FIELDS = ("attn_dropout", "resid_dropout", "mlp_dropout", "activation_checkpointing",
-                        "attention_backend", "instrument_drop", "aux_frame_weight", "aux_pos_weight", "max_tokens")
+                        "attention_backend", "instrument_drop", "aux_frame_weight", "aux_pos_weight", "max_tokens",
+                        "heads_weight", "token_weight")
 
 
 def tag_for(step: int) -> str:

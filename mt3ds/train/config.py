@@ -39,6 +39,7 @@ def _require(*checks: tuple[bool, str]) -> None:
 LOADER_KEYS_FROM_ELSEWHERE = {"batch_size": "the ds_config's train_micro_batch_size_per_gpu (or batch_size at the "
                                             "top level of this file)",
                               "time_encoding": "model.time_encoding", "aux_frame_loss": "model.aux_frame_loss",
+                              "note_heads": "model.note_heads",
                               "seed": "seed at the top level of this file"}
 
 
@@ -53,7 +54,7 @@ class DataConfig:
     """Validation shard folders; empty: no validation (and no keep_best)."""
     loader: dict = field(default_factory=dict)
     """LoaderConfig fields (num_workers, mix_alpha, augment, augmentation, shuffle_buffer, ...). batch_size comes
-    from the ds_config; time_encoding and aux_frame_loss from the model."""
+    from the ds_config; time_encoding, aux_frame_loss and note_heads from the model."""
 
     def __post_init__(self):
         known = {f.name for f in fields(LoaderConfig)}
@@ -214,6 +215,9 @@ class TrainConfig:
     """torch.compile the model through DeepSpeed (engine.compile()); GPU training only."""
     init_from: str | None = None
     """An exported model.safetensors whose weights start this run (same model config); training history adds up."""
+    init_partial: bool = False
+    """With init_from: the model config may differ (new heads, another front end or conditioning); weights whose name
+    and shape match are loaded, the others start fresh, and both lists are printed."""
     resume: bool = True
     """Resume from run_dir's latest checkpoint when there is one; false refuses a run_dir that has checkpoints."""
 
@@ -239,7 +243,8 @@ class TrainConfig:
         """The LoaderConfig of this run (batch size from the resolved ds_config)."""
         return LoaderConfig.from_dict({**self.data.loader, "batch_size": batch_size, "seed": self.seed,
                                        "time_encoding": self.model.time_encoding,
-                                       "aux_frame_loss": self.model.aux_frame_loss})
+                                       "aux_frame_loss": self.model.aux_frame_loss,
+                                       "note_heads": self.model.note_heads})
 
 
 def _plain(x):

@@ -227,7 +227,7 @@ def check_inputs(cfg: TrainConfig) -> RunInputs:
 
         inputs.init_meta = read_meta(cfg.init_from)
         diff = ckpt.model_config_differences(inputs.init_meta["model_config"], ours)
-        if diff:
+        if diff and not cfg.init_partial:
             raise UserError(f"{cfg.init_from}: init_from model of another model config ({'; '.join(diff)})")
     return inputs
 
@@ -295,10 +295,11 @@ class RunState:
         return cls(**{k: saved[k] for k in RESUMED if k in saved}, **session)
 
     def note_validation(self, val: dict) -> bool:
-        """Keep `val` as the best if its token loss is the lowest so far; True when it is."""
-        if val["token_loss"] is None or (self.best is not None and val["token_loss"] >= self.best["val_loss"]):
+        """Keep `val` as the best if its loss (val_loss: token loss, or the heads' loss without a token loss) is the
+        lowest so far; True when it is."""
+        if val["val_loss"] is None or (self.best is not None and val["val_loss"] >= self.best["val_loss"]):
             return False
-        self.best = {"step": val["step"], "val_loss": val["token_loss"],
+        self.best = {"step": val["step"], "val_loss": val["val_loss"],
                      "metrics": {k: v for k, v in val.items() if k != "kind"}}
         return True
 
@@ -399,6 +400,18 @@ def _read_init_weights(path) -> dict[str, torch.Tensor]:
         raise UserError(f"{path}: unreadable weights ({first_line(e)})") from None
 
 
+def _matching(model: torch.nn.Module, weights: dict, path, rank: int) -> dict:
+    """init_partial: the tensors of `weights` whose name and shape match the model's; prints what was left."""
+    own = model.state_dict()
+    kept = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
+    fresh = sorted(set(own) - set(kept))
+    dropped = sorted(set(weights) - set(kept))
+    if rank == 0:
+        print(f"mt3ds train: init_from {path}: {len(kept)} tensors loaded; fresh: {', '.join(fresh) or 'none'}; "
+              f"not used: {', '.join(dropped) or 'none'}", flush=True)
+    return kept
+
+
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay on matrices and embeddings only; norms' gains and biases (1-D) are not decayed (nanoGPT)."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -436,7 +449,10 @@ def build_run(cfg: TrainConfig, ds_config: dict, ds_path: str, inputs: RunInputs
     _seed_all(cfg.seed)
     model = Transcriber(cfg.model)
     if inputs.init_meta is not None:
-        model.load_state_dict(_read_init_weights(cfg.init_from), strict=True)
+        weights = _read_init_weights(cfg.init_from)
+        if cfg.init_partial:
+            weights = _matching(model, weights, cfg.init_from, rank)
+        model.load_state_dict(weights, strict=not cfg.init_partial)
     _seed_all(cfg.seed + rank)
     engine, _, _, _ = deepspeed.initialize(model=model, config=ds, model_parameters=param_groups(model,
                                                                                               cfg.optim.weight_decay))
@@ -496,8 +512,10 @@ class MetricSums:
     """Sums over the micro-batches since the last metric line on this rank, by name. The model's sums stay on the
     device (no host sync per step); all are reduced across ranks at the metric line."""
 
-    ON_DEVICE = ("loss", "token_loss", "correct_tokens", "tokens", "frame_onset_loss", "frame_active_loss")
-    """Loss per micro-batch, token loss x tokens, correct tokens, tokens, aux frame losses per micro-batch."""
+    ON_DEVICE = ("loss", "token_loss", "correct_tokens", "tokens", "frame_onset_loss", "frame_active_loss",
+                 "heads_loss")
+    """Loss per micro-batch, token loss x tokens, correct tokens, tokens, aux frame losses and the note heads' loss
+    per micro-batch."""
     ON_HOST = ("micro_batches", "samples", "skipped", "flops")
     """Micro-batches, chunks, unreadable samples skipped by the loader, analytic training FLOPs."""
 
@@ -515,11 +533,12 @@ class MetricSums:
 
     def add(self, m: dict, samples: int, skipped: int, flops: float) -> None:
         """One micro-batch: the model's metrics `m`, its chunks, the loader's skips, its FLOPs."""
-        tokens = m["tokens"].double()
-        named = {"loss": m["loss"].double(), "token_loss": m["token_loss"].double() * tokens,
-                 "correct_tokens": m["token_acc"].double() * tokens, "tokens": tokens,
+        tokens = m.get("tokens", self.zero).double()  # none with token_weight 0
+        named = {"loss": m["loss"].double(), "token_loss": m.get("token_loss", self.zero).double() * tokens,
+                 "correct_tokens": m.get("token_acc", self.zero).double() * tokens, "tokens": tokens,
                  "frame_onset_loss": m.get("frame_onset_loss", self.zero).double(),
-                 "frame_active_loss": m.get("frame_active_loss", self.zero).double()}
+                 "frame_active_loss": m.get("frame_active_loss", self.zero).double(),
+                 "heads_loss": m.get("heads_loss", self.zero).double()}
         self.model_sums += torch.stack([named[k] for k in self.ON_DEVICE])
         for k, v in (("micro_batches", 1), ("samples", samples), ("skipped", skipped), ("flops", flops)):
             self.host[k] += v
@@ -574,6 +593,8 @@ def log_metrics(run: Run, sums: MetricSums, lr: float) -> bool:
     if cfg.model.aux_frame_loss:
         record["frame_onset_loss"] = t["frame_onset_loss"] / micro
         record["frame_active_loss"] = t["frame_active_loss"] / micro
+    if cfg.model.note_heads:
+        record["heads_loss"] = t["heads_loss"] / micro
     if run.peak_flops:
         record["mfu"] = t["flops"] / dt / (run.peak_flops * world)
     if run.device.type == "cuda":
@@ -602,7 +623,7 @@ def save(run: Run, val: dict | None) -> None:
     """Checkpoint the run at its step (every rank takes part), then apply the retention rule."""
     cfg, state = run.cfg, run.state
     state.wall_seconds, state.train_seconds = run.clock.wall_seconds(), run.clock.train_seconds()
-    full = {**state.to_dict(), "ema_updates": run.ema.updates, "val_loss": val["token_loss"] if val else None,
+    full = {**state.to_dict(), "ema_updates": run.ema.updates, "val_loss": val["val_loss"] if val else None,
             "validation": val, "model_config": cfg.model.to_dict(), "model_preset": cfg.model_preset,
             "train_config": cfg.to_dict(), "ds_config": run.ds, "code_version": __version__,
             "vocab_version": vocab.VOCAB_VERSION, "audio_version": AudioConfig().version}
@@ -656,7 +677,7 @@ def train(cfg: TrainConfig, ds_config: dict, ds_path: str = "ds_config") -> dict
     run.log.close()
     if run.rank == 0:
         best = state.best
-        print(f"mt3ds train: done at step {state.step}; best validation token loss "
+        print(f"mt3ds train: done at step {state.step}; best validation loss "
               f"{best['val_loss']:.4f} at step {best['step']}" if best else f"mt3ds train: done at step {state.step}",
               flush=True)
     return {**state.to_dict(), "last_lr": lr}

@@ -6,7 +6,10 @@ split across ranks by the validation loader. Decoded for real: the first `decode
 (greedy or beam, KV cache, grammar-constrained, to the batch's instruments too when the model is conditioned on
 them), turned into notes with decode_tokens exactly as transcription does, and scored against the chunk's reference
 tokens with mir_eval (mt3ds.evaluate.score_notes): onset F1, onset+offset F1 and multi-instrument F1, pooled over
-the decoded chunks. A model with the aux frame head is also scored the way `transcribe --notes frames` reads it
+the decoded chunks. A model with note heads is read the way `transcribe --notes frames` reads it (mt3ds/tokens/
+rolls.py, each chunk as a file of its own) on every validation chunk, no decoding needed: heads_onset_f1,
+heads_onset_offset_f1, heads_multi_full_f1, heads_multi_class_f1, heads_drum_onset_f1; and its loss is heads_loss.
+val_loss, which picks the best checkpoint, is the token loss, or the heads' loss for a model without one. A model with the aux frame head is also scored the way `transcribe --notes frames` reads it
 (mt3ds/tokens/frames.py: notes from the head's rolls, programs from the tokens): frames_onset_f1,
 frames_onset_offset_f1, frames_multi_full_f1. Each chunk is read on its own, so notes tied in from the
 previous chunk are left out of both sides (their onsets belong to that chunk). The first `dump_midi` chunks'
@@ -23,11 +26,14 @@ from ..evaluate import Counts, score_notes
 from ..model.generate import Search, generate
 from ..tokens.codec import decode_tokens
 from ..tokens.frames import frame_seconds, hybrid_notes
+from ..tokens.rolls import ReadSettings, RollReader, read_heads
 from ..tokens.midi import write_midi
 from .config import ValidationConfig
 
 SCORED = ("onset", "onset_offset", "multi_full")
 FRAME_SCORED = tuple(f"frames_{name}" for name in SCORED)  # the same, for notes from the aux frame head
+CHUNK_READING = ReadSettings(min_track_notes=0)  # a chunk is too short to drop its small classes
+HEADS_SCORED = tuple(f"heads_{name}" for name in SCORED + ("multi_class", "drum_onset"))  # from the note heads
 
 
 def _take(batch: dict, n: int) -> dict:
@@ -58,10 +64,12 @@ def validate(model, logmel, loader, cfg: ValidationConfig, *, device, rank: int,
     items_left = math.ceil(cfg.items / world_size)
     decode_left = math.ceil(cfg.decode_items / world_size)
     dump_left = cfg.dump_midi if rank == 0 and dump_dir is not None else 0
-    sums = dict.fromkeys(("token_loss_x_tokens", "correct_tokens", "tokens", "chunks"), 0.0)
+    sums = dict.fromkeys(("token_loss_x_tokens", "correct_tokens", "tokens", "chunks", "heads_loss_x_chunks"), 0.0)
     with_rolls = model.frame_head is not None
+    with_heads = model.note_heads is not None
     seconds = frame_seconds(logmel.cfg)  # a roll frame is one hop of the features (training: the default audio)
-    counts = {m: Counts() for m in SCORED + (FRAME_SCORED if with_rolls else ())}
+    counts = {m: Counts() for m in SCORED + (FRAME_SCORED if with_rolls else ()) + (HEADS_SCORED if with_heads
+                                                                                    else ())}
     decoded = malformed = 0
     for batch in loader:
         if items_left <= 0:
@@ -71,11 +79,14 @@ def validate(model, logmel, loader, cfg: ValidationConfig, *, device, rank: int,
         items_left -= n
         features = logmel(batch["audio"])
         _, m = model.loss(features, batch)
-        tokens = float(m["tokens"])
-        sums["token_loss_x_tokens"] += float(m["token_loss"]) * tokens
-        sums["correct_tokens"] += float(m["token_acc"]) * tokens
+        tokens = float(m.get("tokens", 0))
+        sums["token_loss_x_tokens"] += float(m.get("token_loss", 0)) * tokens
+        sums["correct_tokens"] += float(m.get("token_acc", 0)) * tokens
         sums["tokens"] += tokens
         sums["chunks"] += n
+        if with_heads:
+            sums["heads_loss_x_chunks"] += float(m["heads_loss"]) * n
+            _score_heads(model, features, batch, counts, seconds, chunk_seconds, time_encoding)
         k = min(n, decode_left)
         if k <= 0:
             continue
@@ -117,4 +128,22 @@ def validate(model, logmel, loader, cfg: ValidationConfig, *, device, rank: int,
         c = Counts(int(t[f"{name}.tp"]), int(t[f"{name}.n_est"]), int(t[f"{name}.n_ref"]))
         out[f"{name}_f1"] = c.scores()["f1"]
     out["decoded"], out["malformed"] = int(t["decoded"]), int(t["malformed"])
+    if with_heads:
+        out["heads_loss"] = t["heads_loss_x_chunks"] / t["chunks"] if t["chunks"] else None
+    out["val_loss"] = out["token_loss"] if model.cfg.token_weight > 0 else out.get("heads_loss")
     return out
+
+
+def _score_heads(model, features, batch, counts, seconds, chunk_seconds, time_encoding) -> None:
+    """Read each chunk's notes from the note heads as transcription does and count them against its reference."""
+    memory = model.encode(features, batch["instruments"] if model.cfg.conditioning != "none" else None)
+    probs = {k: v.cpu().numpy() for k, v in model.head_probs(memory, features.shape[1]).items()}
+    reference = batch["tokens"].cpu().numpy()
+    for i in range(len(reference)):
+        reader = RollReader()
+        reader.add({k: v[i:i + 1] for k, v in probs.items()})
+        est = read_heads(reader.rolls(), seconds, CHUNK_READING)
+        ref, _ = decode_tokens([reference[i]], chunk_seconds=chunk_seconds, time_encoding=time_encoding)
+        scores = score_notes(ref, est)
+        for name in SCORED + ("multi_class", "drum_onset"):
+            counts[f"heads_{name}"] += scores[name]
