@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
 from . import __version__
-from .errors import UserError
+from .errors import UserError, first_line
 from .tokens.frames import FRAME_THRESHOLD, ONSET_THRESHOLD
 
 
@@ -236,11 +237,24 @@ def synth_command(out, layout, soundfonts, banks, holdout_timbres, songs, hours,
 @click.option("--which", type=click.Choice(["best", "latest"]), default="best", show_default=True,
               help="Checkpoint to export: lowest validation token loss (latest if none was validated), or latest.")
 @click.option("--step", type=int, default=None, help="Export the checkpoint of this step instead.")
-def export_command(run_dir, out, which, step):
+@click.option("--reading", type=click.Path(dir_okay=False), default=None,
+              help="A JSON file of note-heads reading settings chosen on validation data (`mt3ds bench reading "
+                   "--out`), stored with the model as its defaults.")
+@click.option("--half", is_flag=True, help="Store the weights as float16 (half the file; loaded back as float32).")
+def export_command(run_dir, out, which, step, reading, half):
     """Export a training run's EMA weights to one safetensors file that `transcribe` loads without DeepSpeed."""
     from .train.export import export_run, format_export
 
-    click.echo(format_export(export_run(run_dir, out, which=which, step=step), out))
+    settings = None
+    if reading is not None:
+        try:
+            settings = json.loads(Path(reading).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise UserError(f"{reading}: unreadable reading settings ({first_line(e)})") from None
+        if not isinstance(settings, dict):
+            raise UserError(f"{reading}: reading settings must be a JSON object")
+        settings = settings.get("reading", settings)
+    click.echo(format_export(export_run(run_dir, out, which=which, step=step, reading=settings, half=half), out))
 
 # --- end export ----------------------------------------------------------------------------------------------------
 

@@ -36,14 +36,16 @@ def model_meta(cfg: ModelConfig, training: dict | None = None, audio: AudioConfi
             "training": training or {}}
 
 
-def save_model(state_dict: dict[str, torch.Tensor], path, meta: dict) -> None:
-    """Write weights (as fp32, contiguous, on the CPU) and meta to `path`, and meta to <path minus suffix>.json.
-    Both are written under temporary names and renamed, so a file that exists is complete."""
+def save_model(state_dict: dict[str, torch.Tensor], path, meta: dict, half: bool = False) -> None:
+    """Write weights (as fp32, or fp16 with half: half the file; loading casts them back to fp32), contiguous, on
+    the CPU, and meta to `path`, and meta to <path minus suffix>.json. Both are written under temporary names and
+    renamed, so a file that exists is complete."""
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu().contiguous().clone()
+    dtype = torch.float16 if half else torch.float32
+    tensors = {k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).cpu().contiguous().clone()
                for k, v in state_dict.items()}
     text = json.dumps(meta, sort_keys=True)
     # safetensors creates files 0600: a model is meant to be shared and packaged

@@ -19,7 +19,8 @@ the previous onset of the same key (a re-struck stub 30 ms after a note is the s
 within the frame by a parabola through the peak and its neighbours, then moved by `onset_shift_s`. A note ends where
 the frame roll drops to `frame_threshold`, at an offset peak above `offset_threshold`, or at the key's next onset.
 Each note then takes the class whose frame roll is strongest over its span, weighted by the class's share of the
-whole file (one instrument whose evidence flickers between two classes ends in the dominant one), classes with
+file's notes, repeated until stable (one instrument whose evidence flickers between two classes ends in the
+dominant one; choose_classes), classes with
 fewer than `min_track_notes` notes give their notes to the next best class, and each class takes the one program its
 frames vote for over the whole file: one instrument, one track. `--instruments` masks the classes and programs it
 does not list (drums included).
@@ -300,19 +301,29 @@ def onset_notes(onset: np.ndarray, frame: np.ndarray, offset: np.ndarray, second
 
 
 def choose_classes(evidence: np.ndarray, settings: ReadSettings, allowed: np.ndarray | None = None) -> np.ndarray:
-    """Per-note class evidence [notes, N_CLASSES] -> each note's class, decided over the whole file: evidence times
-    the class's file-level share ** class_prior; a class left with fewer than min_track_notes notes (but not the
-    only class) is dropped and its notes go to their next best class. allowed: bool [N_CLASSES] (--instruments)."""
+    """Per-note class evidence [notes, N_CLASSES] -> each note's class, decided over the whole file.
+
+    Each note first takes its strongest class; then, until nothing changes, its evidence is weighted by each
+    class's share of the file's notes ** class_prior, so a class that holds most of an instrument's notes draws the
+    rest of them (evidence flickering between two classes ends in one), while notes whose evidence clearly says
+    another class keep it (two instruments stay two). A class left with fewer than min_track_notes notes (but not
+    the only class) is dropped and its notes go to their next best class. allowed: bool [N_CLASSES] (--instruments).
+    """
     import numpy as np
 
-    evidence = np.asarray(evidence, np.float64) + 1e-6  # every class keeps a little, so argmax is defined
-    live = np.ones(N_CLASSES, bool) if allowed is None else np.asarray(allowed, bool).copy()
     if not len(evidence):
         return np.zeros(0, np.int64)
+    evidence = np.asarray(evidence, np.float64) + 1e-6  # every class keeps a little, so argmax is defined
+    live = np.ones(N_CLASSES, bool) if allowed is None else np.asarray(allowed, bool).copy()
     while True:
         masked = np.where(live, evidence, 0.0)
-        share = masked.sum(0) / masked.sum()
-        choice = np.argmax(masked * share ** settings.class_prior, axis=1)
+        choice = np.argmax(masked, axis=1)
+        for _ in range(20):  # converges in a few rounds: shares only sharpen
+            share = np.bincount(choice, minlength=N_CLASSES) / len(choice)
+            new = np.argmax(masked * share ** settings.class_prior, axis=1)
+            if np.array_equal(new, choice):
+                break
+            choice = new
         counts = np.bincount(choice, minlength=N_CLASSES)
         small = live & (counts < settings.min_track_notes)
         if not small.any() or live.sum() - small.sum() < 1:

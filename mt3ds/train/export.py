@@ -72,7 +72,8 @@ def training_record(state: dict, tag_dir: Path) -> dict:
 
 
 CURVE_KEYS = ("step", "train_min", "token_loss", "token_acc", "onset_f1", "onset_offset_f1", "multi_full_f1",
-              "frames_onset_f1", "frames_onset_offset_f1", "frames_multi_full_f1")
+              "frames_onset_f1", "frames_onset_offset_f1", "frames_multi_full_f1", "heads_loss", "heads_onset_f1",
+              "heads_onset_offset_f1", "heads_multi_full_f1", "heads_multi_class_f1", "heads_drum_onset_f1")
 
 
 def learning_curve(run_dir, up_to_step: int) -> list[dict]:
@@ -91,8 +92,10 @@ def learning_curve(run_dir, up_to_step: int) -> list[dict]:
     return [by_step[k] for k in sorted(by_step)]
 
 
-def export_run(run_dir, out, which: str = "best", step: int | None = None) -> dict:
-    """Export a run's checkpoint (EMA weights) to `out`; return the metadata written."""
+def export_run(run_dir, out, which: str = "best", step: int | None = None, reading: dict | None = None,
+               half: bool = False) -> dict:
+    """Export a run's checkpoint (EMA weights) to `out`; return the metadata written. reading: the ReadSettings
+    (tokens/rolls.py) chosen on validation data for the note heads, stored with the model; half: fp16 weights."""
     from ..model.transcriber import Transcriber
 
     tag_dir = find_checkpoint(run_dir, which, step)
@@ -112,10 +115,17 @@ def export_run(run_dir, out, which: str = "best", step: int | None = None) -> di
         raise UserError(f"{tag_dir}: EMA weights do not fit the recorded model_config ({first_line(e)})") from None
     meta = model_meta(cfg, {**training_record(state, tag_dir), "learning_curve": learning_curve(run_dir, state["step"])})
     meta["model_preset"] = state.get("model_preset")
+    if reading is not None:
+        from ..tokens.rolls import ReadSettings
+
+        try:
+            meta["reading"] = ReadSettings.from_dict(reading).to_dict()
+        except (TypeError, ValueError) as e:
+            raise UserError(f"--reading: {e}") from None
     out = Path(out)
     if out.suffix != ".safetensors":
         raise UserError(f"{out}: the exported model is a .safetensors file")
-    save_model(model.state_dict(), out, meta)
+    save_model(model.state_dict(), out, meta, half=half)
     return meta
 
 
@@ -128,6 +138,8 @@ def format_export(meta: dict, out) -> str:
              f"training: {t['steps']} steps, {t['samples']} chunks ({t['hours_of_data']:.2f} h of audio), "
              f"{t['wall_minutes']:.1f} min on {t['hardware']}"]
     if best:
-        lines.append(f"best validation: step {best['step']}, token loss {best['token_loss']:.4f}, onset F1 "
-                     f"{best['onset_f1'] if best.get('onset_f1') is not None else '-'}")
+        loss = best.get("token_loss") if best.get("token_loss") is not None else best.get("heads_loss")
+        onset = best.get("heads_onset_f1", best.get("onset_f1"))
+        lines.append(f"best validation: step {best['step']}, loss {loss:.4f}, onset F1 "
+                     f"{onset if onset is not None else '-'}")
     return "\n".join(lines)
