@@ -55,7 +55,7 @@ class Search:
     max_tokens_per_step: int | None = 192
     """Close a chunk (its item, then EOS) after this many tokens since its last shift or its start; None: no limit."""
     max_tokens_per_second: float | None = 256.0
-    """Close a chunk in time to end within this many tokens per second of its audio (and max_len); None: max_len only."""
+    """Close a chunk in time to end within this many tokens a second of its audio (and max_len); None: max_len only."""
 
     def __post_init__(self):
         if self.beam_size < 1:
