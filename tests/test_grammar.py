@@ -1,5 +1,6 @@
 """Grammar-constrained decoding: the grammar accepts every chunk the codec writes, rejects malformed continuations,
-and keeps what greedy and beam search emit from a random model well formed (and inside an instrument list)."""
+and keeps what greedy and beam search emit from a random model well formed (and inside an instrument list); a closed
+row ends with EOS within CLOSE_TOKENS tokens from wherever it stands."""
 import json
 from pathlib import Path
 
@@ -8,7 +9,8 @@ import pytest
 import torch
 
 from mt3ds.model.generate import Search, beam_search, generate
-from mt3ds.model.grammar import CHUNK_STEPS, MAX_STEP, TokenGrammar
+from mt3ds.model import grammar as G
+from mt3ds.model.grammar import CHUNK_STEPS, CLOSE_TOKENS, MAX_STEP, TokenGrammar
 from mt3ds.model.transcriber import Transcriber
 from mt3ds.tokens import vocab as V
 from mt3ds.tokens.codec import TRAIN_CHUNK_SECONDS, decode_tokens, encode_notes, to_absolute
@@ -308,3 +310,37 @@ def test_beam_of_one_equals_greedy_under_the_grammar():
         beam = beam_search(model, model.encode(feats), None, Search(max_len=40), grammar).tokens  # K = 1
     assert torch.equal(beam, greedy)
     check_output(greedy, model.cfg.time_encoding)
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_a_closed_row_finishes_its_item_then_ends(encoding):
+    """Random walks through the grammar, closed after 0..11 tokens (so in every phase: inside a tie pair, after a
+    shift, mid-note, mid-drum hit, at a boundary): each then writes at most CLOSE_TOKENS tokens, the last EOS, never
+    a shift, tie or second item, and the whole chunk is well formed."""
+    B, g = 600, torch.Generator().manual_seed(7)
+    sets = instruments(*[[0, 5, 128], [40], [128], []] * (B // 4))
+    grammar = TokenGrammar(B, "cpu", encoding, allowed=sets)
+    close_at = torch.arange(B) // 4 % 12  # every instrument set closes at every step
+    rows = [[] for _ in range(B)]
+    phases_closed = set()
+    for t in range(12 + CLOSE_TOKENS):
+        closing = close_at == t
+        phases_closed |= set(grammar.phase[closing].tolist())
+        grammar.close(closing)
+        allowed = grammar.allowed_tokens()
+        assert allowed.any(1).all()
+        scores = torch.rand(B, V.VOCAB_SIZE, generator=g)
+        scores[torch.arange(B) // 48 % 2 == 0, V.TIE_ID] += 1  # half the rows open a tie section
+        token = grammar.mask(scores).argmax(-1)
+        grammar.advance(token)
+        for i in range(B):
+            if not rows[i] or rows[i][-1] != V.EOS:
+                rows[i].append(int(token[i]))
+    assert {G.START, G.TIE_OPEN, G.TIE_PITCH, G.TIE_PAIR, G.TIE_OR_EVENT, G.STEP, G.SHIFTED, G.PROGRAM,
+            G.VELOCITY, G.DRUM_VELOCITY} <= phases_closed  # every phase was closed in
+    for i, row in enumerate(rows):
+        assert row[-1] == V.EOS, row
+        after = row[int(close_at[i]):]
+        assert len(after) <= CLOSE_TOKENS
+        assert not any(V.SHIFT.first_id <= t <= V.SHIFT.last_id or t == V.TIE_ID for t in after)
+        assert well_formed(row, encoding)

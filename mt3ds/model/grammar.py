@@ -17,10 +17,15 @@ could still reach with the last key), so a row never has every token masked: at 
 and inside an item its largest completion (pitch 108, drum 108) is. When the key space of a step is used up (a drum
 108 was written) only a shift or EOS remains.
 
+close(rows) asks rows to end (generate.py's runaway guard): a closing row writes no tie, shift or new item at a
+boundary, so it finishes the item it is inside (at most 3 tokens: program, velocity, pitch after a shift; a delta
+shift takes no second shift) and then can only write EOS. What it wrote is kept and still parses.
+
     grammar = TokenGrammar(batch, device, "absolute", allowed=instruments)
     token = grammar.mask(logits).argmax(-1)   # -inf on every token that would make a sequence malformed
     grammar.advance(token)
     grammar.select(keep)                       # drop or reorder sequences, as Stepper.select does (generate.py)
+    grammar.close(rows)                        # those rows finish their item, then EOS
 
 Every state is a tensor over the batch: one step costs a few [B, vocab] comparisons, no loop over sequences.
 """
@@ -49,6 +54,9 @@ PROGRAM = 7  # `program p` of a note: its velocity must follow
 VELOCITY = 8  # `program p, velocity v`: its pitch must follow
 DRUM_VELOCITY = 9  # `velocity v` with no program: a drum must follow
 DONE = 10  # EOS written: only EOS (what greedy's ignore_eos emits) and PAD (frozen beams) follow
+# Most tokens a closing row still writes, EOS included: `program, velocity, pitch` completing the item a shift
+# opened, then EOS.
+CLOSE_TOKENS = 4
 
 # Token types and values (shift k, pitch 0..87, velocity, program, drum 0..87), by id.
 _SPECIAL, _SHIFT, _PITCH, _VELOCITY, _TIE, _PROGRAM, _DRUM = range(7)
@@ -116,6 +124,7 @@ class TokenGrammar:
         self.group = zeros()  # off / on / drum of the item being written
         self.last_key = zeros() - 1  # last event key of this step (-1: none yet)
         self.last_tie = zeros() - 1  # last tie key (-1: none yet)
+        self.closing = torch.zeros(batch, dtype=torch.bool, device=self.device)  # finish the item, then EOS
 
     def __len__(self) -> int:
         return self.phase.shape[0]
@@ -125,20 +134,21 @@ class TokenGrammar:
         phase, B = self.phase, len(self)
         out = torch.zeros(B, vocab.VOCAB_SIZE, dtype=torch.bool, device=self.device)
         boundary = _phase_in(phase, START, TIE_PAIR, STEP)  # a whole item just ended (or nothing began)
-        opener = boundary | (phase == SHIFTED)  # a note or drum hit may start
+        going_on = ~self.closing  # a closing row starts nothing new; a shift still needs its event
+        opener = (boundary & going_on) | (phase == SHIFTED)  # a note or drum hit may start
         last_key, last_tie = self.last_key[:, None], self.last_tie[:, None]  # (B, 1)
         any_program = self.programs.any(1)
         any_event = any_program | self.drums  # a new step can hold something
 
         out[:, vocab.EOS] = boundary | (phase == DONE)
-        out[:, vocab.TIE_ID] = (phase == START) & any_program
+        out[:, vocab.TIE_ID] = (phase == START) & any_program & going_on
 
         k = self._shift[None]  # (1, 1001)
         if self.absolute:
             shift = boundary[:, None] & (k > self.step[:, None]) & (k <= self.max_step)
         else:
             shift = opener[:, None] & (k >= 1) & (self.step[:, None] + k <= self.max_step)
-        out[:, vocab.SHIFT.first_id: vocab.SHIFT.last_id + 1] = shift & any_event[:, None]
+        out[:, vocab.SHIFT.first_id: vocab.SHIFT.last_id + 1] = shift & (any_event & going_on)[:, None]
 
         # program: opens a note if the step still has room for one of this program (its note-on at pitch 108),
         # or a tie pair right after `tie`
@@ -197,8 +207,13 @@ class TokenGrammar:
         self.step = torch.where(is_shift, val if self.absolute else self.step + val, self.step)
         self.phase = new
 
+    def close(self, rows: torch.Tensor) -> None:
+        """Rows where `rows` (bool (B,)) is True end as soon as they can: the item they are inside, then EOS (at
+        most CLOSE_TOKENS more tokens). Closing is for good: a closed row stays closed."""
+        self.closing = self.closing | rows.to(self.device)
+
     def select(self, index: torch.Tensor) -> None:
         """Keep or reorder sequences: row i becomes old row index[i]."""
         index = index.to(self.device)
-        for name in ("phase", "step", "program", "group", "last_key", "last_tie", "programs", "drums"):
+        for name in ("phase", "step", "program", "group", "last_key", "last_tie", "closing", "programs", "drums"):
             setattr(self, name, getattr(self, name)[index])
