@@ -441,3 +441,45 @@ def test_validation_of_a_model_with_the_frame_head_scores_the_hybrid_notes(tmp_p
     assert val["decoded"] == 2
     for name in ("onset", "onset_offset", "multi_full"):
         assert 0.0 <= val[f"frames_{name}_f1"] <= 1.0 and 0.0 <= val[f"{name}_f1"] <= 1.0
+
+
+def test_a_model_with_note_heads_trains_exports_and_transcribes_without_decoding(tmp_path, shard_dirs):
+    """Heads alone (token_weight 0, conv front end, time pooling, encoder FiLM): train, validate by reading the
+    heads, export with reading settings in half precision, transcribe with --notes frames; then a run with another
+    config starts from that export with init_partial."""
+    import soundfile as sf
+
+    from mt3ds.cli import cli
+    from mt3ds.model.io import load_model
+    from mt3ds.train.engine import train
+    from mt3ds.train.export import export_run
+    from click.testing import CliRunner
+
+    model = {"note_heads": True, "token_weight": 0.0, "front_end": "conv", "time_pool": 2,
+             "conditioning": "encoder_film"}
+    cfg = train_config_from_dict(train_yaml(tmp_path / "run", *shard_dirs, steps=2, model=model,
+                                            validation={"every": 2, "items": 2, "decode_items": 0, "dump_midi": 0}))
+    assert train(cfg, CPU_DS_CONFIG)["step"] == 2
+    (val,) = metrics(tmp_path / "run", "validation")
+    assert val["val_loss"] == val["heads_loss"] > 0 and val["token_loss"] is None
+    for name in ("onset", "onset_offset", "multi_full", "multi_class", "drum_onset"):
+        assert val[f"heads_{name}_f1"] is None or 0.0 <= val[f"heads_{name}_f1"] <= 1.0
+    out = tmp_path / "heads.safetensors"
+    meta = export_run(tmp_path / "run", out, reading={"onset_threshold": 0.3, "min_gap_s": 0.05}, half=True)
+    assert meta["reading"]["onset_threshold"] == 0.3 and meta["training"]["learning_curve"][0]["heads_loss"] > 0
+    loaded, _ = load_model(out)
+    assert loaded.note_heads is not None and next(loaded.parameters()).dtype == torch.float32
+    src = tmp_path / "a.wav"
+    sf.write(src, np.random.default_rng(0).normal(0, 0.1, 16000 * 3).astype(np.float32), 16000)
+    result = CliRunner().invoke(cli, ["transcribe", str(src), "-o", str(tmp_path / "a.mid"), "--model", str(out),
+                                      "--quiet", "--instruments", "piano,drums"], catch_exceptions=False)
+    assert result.exit_code == 0 and (tmp_path / "a.mid").is_file(), result.output
+    again = train_config_from_dict(train_yaml(tmp_path / "run2", *shard_dirs, steps=1, init_from=str(out),
+                                              init_partial=True, model={**model, "front_end": "linear"},
+                                              validation={"every": 1, "items": 2, "decode_items": 0,
+                                                          "dump_midi": 0}))
+    assert train(again, CPU_DS_CONFIG)["step"] == 1
+    strict = train_config_from_dict(train_yaml(tmp_path / "run3", *shard_dirs, steps=1, init_from=str(out),
+                                               model={**model, "front_end": "linear"}))
+    with pytest.raises(UserError, match="init_from model of another model config"):
+        train(strict, CPU_DS_CONFIG)
