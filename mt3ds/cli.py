@@ -463,6 +463,35 @@ def bench_quality(model, dataset, root, files, readings, quantize, split, limit,
                        quantize=quantize), as_json)
 
 
+@bench.command("reading")
+@click.option("--model", type=click.Path(dir_okay=False), default=None, help="Exported model (default: bundled).")
+@click.option("--dataset", type=click.Choice(["maestro", "slakh", "slakh_stems", "pairs"]), required=True,
+              help="A published layout, or pairs: audio files with a same-named .mid beside them (--files).")
+@click.option("--root", type=click.Path(), required=True, multiple=True,
+              help="The dataset's folder; repeat to pool several (all of the same --dataset).")
+@click.option("--split", default="validation", show_default=True, help="Never the test split.")
+@click.option("--files", default="**/*", show_default=True, help="pairs: which audio files under --root (a glob).")
+@click.option("--limit", type=int, default=None, help="Use only the first N tracks of each root.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Write the chosen settings as JSON (for `mt3ds export --reading`).")
+@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object of the figures.")
+def bench_reading_command(model, dataset, root, split, files, limit, out, device, as_json):
+    """Choose the note heads' reading thresholds on validation data (pooled F1 per setting group)."""
+    from .bench.quality import load_tracks
+    from .bench.reading import bench_reading
+    from .files import write_text_atomic
+
+    if split == "test":
+        raise click.BadParameter("choose reading settings on validation data, not on the test split",
+                                 param_hint="--split")
+    tracks = [t[:3] for r in root for t in load_tracks(dataset, r, split, files, limit)]
+    figures = bench_reading(model, tracks, device)
+    if out is not None:
+        write_text_atomic(Path(out), json.dumps(figures, indent=1) + "\n")
+    _print_figures(figures, as_json)
+
+
 def _print_figures(figures: dict, as_json: bool) -> None:
     """One JSON object with --json, else an aligned table (nested dicts flattened as parent.child)."""
     if as_json:

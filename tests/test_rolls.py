@@ -220,3 +220,26 @@ def test_frames_reading_never_calls_the_decoder(tmp_path, monkeypatch):
     notes, chunks = pipeline.transcribe_audio(audio, "x", programs=[0, 128])
     assert chunks == 0 or chunks == 2  # frames reports no token chunks
     assert set(notes.program.tolist()) <= {0, 128}
+
+
+def test_bench_reading_chooses_settings_no_worse_than_the_models(tmp_path):
+    from dataset_fixtures import make_slakh_track
+
+    from mt3ds.bench.quality import load_tracks
+    from mt3ds.bench.reading import bench_reading
+    from mt3ds.cli import main
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.preset("tiny", note_heads=True)
+    path = tmp_path / "heads.safetensors"
+    save_model(Transcriber(cfg).state_dict(), path, model_meta(cfg))
+    make_slakh_track(tmp_path / "slakh" / "validation" / "Track00001", [{"program": 0, "seed": 1}], 2.5, seed=1)
+    tracks = [t[:3] for t in load_tracks("slakh", tmp_path / "slakh", "validation")]
+    fig = bench_reading(path, tracks, passes=1)
+    assert fig["tracks"] == 1 and ReadSettings.from_dict(fig["reading"])  # valid settings
+    for metric in ("onset", "onset_offset", "drum_onset"):
+        assert fig["after"][metric] >= fig["before"][metric]
+    with pytest.raises(SystemExit) as exit_info:  # settings are never chosen on test data
+        main(["bench", "reading", "--model", str(path), "--dataset", "slakh", "--root", str(tmp_path / "slakh"),
+              "--split", "test"])
+    assert exit_info.value.code == 2

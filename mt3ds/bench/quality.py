@@ -70,6 +70,24 @@ def _pairs(root, pattern: str):
     return out
 
 
+def load_tracks(dataset: str, root, split: str, files: str = "**/*", limit: int | None = None) -> list:
+    """(track id, audio path, reference Notes, programs) of a dataset split, or of `pairs` under root."""
+    from ..errors import UserError
+
+    if dataset == "pairs":
+        tracks = _pairs(root, files)[:limit]
+    else:
+        from ..data.index import index
+        from ..data.shards import read_target
+
+        records = index(dataset, root, [split]).records[:limit]
+        tracks = [(r.track_id, Path(r.audio_path), read_target(r), sorted(set(r.instrument_programs)))
+                  for r in records]
+    if not tracks:
+        raise UserError(f"{root}: no {split if dataset != 'pairs' else files} tracks of dataset {dataset}")
+    return tracks
+
+
 def _tracks(notes) -> int:
     """Instrument tracks a MIDI file of these notes has: one per program, drums one."""
     return len(set(notes.program.tolist()))
@@ -84,20 +102,9 @@ def bench_quality(model, dataset: str, root, split: str = "test", limit: int | N
     import numpy as np
 
     from ..data.audio import load_audio
-    from ..errors import UserError
     from ..transcribe import Pipeline
 
-    if dataset == "pairs":
-        tracks = _pairs(root, files)[:limit]
-    else:
-        from ..data.index import index
-        from ..data.shards import read_target
-
-        records = index(dataset, root, [split]).records[:limit]
-        tracks = [(r.track_id, Path(r.audio_path), read_target(r), sorted(set(r.instrument_programs)))
-                  for r in records]
-    if not tracks:
-        raise UserError(f"{root}: no {split if dataset != 'pairs' else files} tracks of dataset {dataset}")
+    tracks = load_tracks(dataset, root, split, files, limit)
     pipeline = Pipeline(model, device, quantize=quantize)
     readings = tuple(readings or (pipeline.notes_source(None),))
     for r in readings:
