@@ -1,4 +1,4 @@
-"""ModelConfig: presets match docs/design.md §5.6, parameter counts are pinned, checks refuse bad values."""
+"""ModelConfig: presets match docs/design.md §5.7, parameter counts are pinned, checks refuse bad values."""
 import pytest
 import torch
 
@@ -14,7 +14,7 @@ def n_params(cfg: ModelConfig) -> int:
 # Pinned: any change to the architecture's shapes must show up here. base is checked by hand below.
 @pytest.mark.parametrize("name, overrides, expected", [
     ("tiny", {}, 241_984),
-    ("small", {}, 7_851_264),  # the 7.9M-parameter shape of the measured CPU run (docs/design.md §5.6)
+    ("small", {}, 7_851_264),  # the 7.9M-parameter shape of the measured CPU run (docs/design.md §5.7)
     ("base", {}, 36_693_504),
     ("base_v2", {}, 45_060_608),  # SwiGLU adds a third 512 x 1024 matrix per block
     ("tiny", {"conditioning": "decoder_pool"}, 248_256),

@@ -75,7 +75,7 @@ class ModelConfig:
     time_encoding: str = "absolute"
     """Shift tokens the model was trained on: absolute (default, docs/design.md §3.5) or delta."""
 
-    # front end and note heads (docs/design.md §5.7, model/heads.py)
+    # front end and note heads (docs/design.md §5.6, model/heads.py)
     front_end: str = "linear"
     """Log-mel -> d_model: linear (the seed's) or conv (a 2-D convolution stem over time and mel bands)."""
     time_pool: int = 1
@@ -178,7 +178,7 @@ PRESETS: dict[str, ModelConfig] = {
     # for tests and smoke runs: builds and runs a step in milliseconds
     "tiny": ModelConfig(d_model=64, enc_layers=2, dec_layers=2, heads=2, head_dim=16, mlp_dim=128,
                         instrument_dim=32, instrument_layers=1),
-    # the CPU-trainable default: the 7.9M-parameter shape of the bundled default model (docs/design.md §5.6)
+    # the CPU-trainable default: the 7.9M-parameter shape of the bundled default model (docs/design.md §5.7)
     "small": ModelConfig(d_model=256, enc_layers=4, dec_layers=4, heads=4, head_dim=64, mlp_dim=1024,
                          instrument_dim=64),
     # Step 1 (docs/design.md §5.1): d 512, 8+8 layers, 6 heads x 64, MLP 1024, pre-LN, GELU, dropout 0.1, sinusoidal, tied

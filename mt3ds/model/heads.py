@@ -1,4 +1,4 @@
-"""The encoder's front ends and note heads (docs/design.md §5.7).
+"""The encoder's front ends and note heads (docs/design.md §5.6).
 
 Front ends (ModelConfig.front_end), log-mel [B, S, n_mels] -> [B, S, d_model]:
     linear  the seed's: one linear map of the 512 normalized bands
