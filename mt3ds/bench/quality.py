@@ -63,7 +63,11 @@ def bench_quality(model, dataset: str, root, split: str = "test", limit: int | N
     records = index(dataset, root, [split]).records[:limit]
     if not records:
         from ..errors import UserError
-        raise UserError(f"{root}: no {split} tracks of dataset {dataset}")
+        raise UserError(f"{root}: no {split} tracks of dataset {dataset}", exit_code=2)
+    if basic_pitch:
+        from .transcribe import note_missing_basic_pitch
+
+        note_missing_basic_pitch("bench quality")
     pipeline = Pipeline(model, device)
     refs = [read_target(r) for r in records]
     audio_s = sum(r.duration_s for r in records)

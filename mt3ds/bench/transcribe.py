@@ -37,6 +37,19 @@ def render_test_file(path: Path, seconds: float, sample_rate: int = 44100, seed:
     sf.write(path, np.stack([x, x], 1).astype(np.float32), sample_rate)
 
 
+BASIC_PITCH_HINT = ("pip install --no-deps basic-pitch==0.4.0 && pip install onnxruntime pretty_midi "
+                    "'resampy<0.4.3,>=0.2.2' scikit-learn 'setuptools<81' (README.md, Benchmarks)")
+
+
+def note_missing_basic_pitch(command: str) -> None:
+    """Say before the work, not after it, that the basic-pitch comparison will be empty (an optional peer)."""
+    import importlib.util
+
+    if importlib.util.find_spec("basic_pitch") is None:
+        print(f"{command}: basic-pitch is not installed, so its figures will be null; for them: {BASIC_PITCH_HINT}",
+              file=sys.stderr, flush=True)
+
+
 def _basic_pitch_rtf(path: Path, seconds: float, warm: Path) -> float | None:
     try:
         from basic_pitch import ICASSP_2022_MODEL_PATH
@@ -58,6 +71,7 @@ def bench_transcribe(model=None, seconds: float = 60.0, uncached_chunks: int = 2
     from ..data.audio import chunk, load_audio, prepare
     from ..transcribe import Pipeline
 
+    note_missing_basic_pitch("bench transcribe")
     pipeline = Pipeline(model, device)
     cfg = pipeline.audio_cfg
     with tempfile.TemporaryDirectory() as tmp:
