@@ -439,7 +439,7 @@ def bench_gpu(dry_run, steps):
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object of the figures.")
 def bench_transcribe(model, seconds, uncached_chunks, device, as_json):
-    """Real-time factor of transcribe with/without the KV cache, batch 1 vs all chunks, and basic-pitch's."""
+    """Real-time factor of transcribe with/without the KV cache, batch 1 vs the default batch, and basic-pitch's."""
     from .bench.transcribe import bench_transcribe as run
 
     _print_figures(run(model=model, seconds=seconds, uncached_chunks=uncached_chunks, device=device), as_json)

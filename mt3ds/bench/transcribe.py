@@ -1,6 +1,7 @@
 """`mt3ds bench transcribe`: real-time factor (seconds of compute per second of audio) of `mt3ds transcribe` on a
-generated 60 s recording, with and without the KV cache, for batches of 1 chunk and of all chunks; and, when
-basic-pitch is installed, its real-time factor on the same file in the same run.
+generated 60 s recording, with and without the KV cache, for batches of 1 chunk and of transcribe's default size (32
+chunks on the CPU, 64 on a GPU: the file's 30 chunks in one batch either way); and, when basic-pitch is installed, its
+real-time factor on the same file in the same run.
 
 The whole path is timed: decode + resample + offline chain + features + generation + stitching + MIDI writing.
 Without the cache a segment costs one full decoder pass per token, so it is timed on the first few chunks only and
