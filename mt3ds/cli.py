@@ -15,6 +15,31 @@ from . import __version__
 from .errors import UserError, first_line
 from .tokens.frames import FRAME_THRESHOLD, ONSET_THRESHOLD
 
+# Option value checks live in the option types, so Click refuses a bad value as a usage error (exit 2) before any work
+POSITIVE = click.FloatRange(min=0, min_open=True)
+COUNT = click.IntRange(min=1)
+WORKERS = click.IntRange(min=0)  # 0: every CPU core
+
+
+class Output(click.Path):
+    """An output path, refused before the command runs when it cannot be written (files.check_writable)."""
+
+    def __init__(self, folder: bool | None = False):
+        super().__init__(file_okay=folder is not True, dir_okay=folder is not False)
+        self.folder = folder
+        """True: a folder; False: a file; None: a folder unless the name ends in .mid or .midi (transcribe -o)."""
+
+    def convert(self, value, param, ctx):
+        from .files import check_writable
+
+        value = super().convert(value, param, ctx)
+        folder = self.folder if self.folder is not None else not str(value).lower().endswith((".mid", ".midi"))
+        try:
+            check_writable(value, folder=folder)
+        except UserError as e:
+            self.fail(str(e), param, ctx)
+        return value
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mt3ds")
@@ -27,6 +52,10 @@ def cli():
        then: mt3ds export runs/base -o model.safetensors
     3. mt3ds transcribe AUDIO... -o OUT [--model model.safetensors]
        and:  mt3ds evaluate --ref REF --est EST
+
+    Exit status: 0 done; 2 the command line cannot be run as given (an unknown option, a value out of range, an
+    input that does not exist or is not what the option needs, an output that cannot be written), found before
+    any work starts; 1 the work failed (unreadable or malformed data, a failed run). Errors are one line.
     """
 
 
@@ -34,14 +63,14 @@ def cli():
 # tokens: MIDI -> per-chunk Option 1 tokens (tokens/codec.py)
 
 @cli.command()
-@click.argument("midi", type=click.Path(dir_okay=False))
-@click.option("--chunk-seconds", type=float, default=32768 / 16000, show_default=True,
+@click.argument("midi", type=click.Path(exists=True, dir_okay=False))
+@click.option("--chunk-seconds", type=POSITIVE, default=32768 / 16000, show_default=True,
               help="Chunk length in seconds (training uses 32768 samples at 16 kHz).")
 @click.option("--time-encoding", type=click.Choice(["delta", "absolute"]), default="delta", show_default=True,
               help="How shift tokens count time (docs/design.md §3.5).")
 @click.option("--json", "as_json", is_flag=True, help="Print chunks and stats as one JSON object.")
 @click.option("--events", is_flag=True, help="Print event names instead of ids.")
-@click.option("--roundtrip", type=click.Path(dir_okay=False), default=None,
+@click.option("--roundtrip", type=Output(), default=None,
               help="Write the MIDI rebuilt from the tokens alone to this path.")
 def tokens(midi, chunk_seconds, time_encoding, as_json, events, roundtrip):
     """Tokenize a MIDI file into per-chunk Option 1 tokens."""
@@ -56,15 +85,16 @@ def tokens(midi, chunk_seconds, time_encoding, as_json, events, roundtrip):
 
 @cli.command()
 @click.argument("audio", nargs=-1, required=True, type=click.Path())
-@click.option("-o", "--out", required=True, type=click.Path(),
+@click.option("-o", "--out", required=True, type=Output(folder=None),
               help="Output .mid for one input, or a folder (one NAME.mid per input).")
-@click.option("--model", type=click.Path(dir_okay=False), default=None,
+@click.option("--model", type=click.Path(exists=True, dir_okay=False), default=None,
               help="An exported model (.safetensors); default: the bundled model.")
 @click.option("--instruments", default=None,
               help="Instruments present, e.g. piano,bass,drums or 0,33,128 (Step 3 conditioning).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--batch-size", type=int, default=None, help="Chunks decoded together (default: 32 on CPU, all on GPU).")
-@click.option("--beam", type=int, default=1, show_default=True, help="Beam size (1 = greedy).")
+@click.option("--batch-size", type=COUNT, default=None,
+              help="Chunks decoded together (default: 32 on CPU, 64 on GPU; memory grows with it, not with the file).")
+@click.option("--beam", type=COUNT, default=1, show_default=True, help="Beam size (1 = greedy).")
 @click.option("--notes", "notes_from", type=click.Choice(["frames", "hybrid", "tokens"]), default=None,
               help="Where notes come from: frames = the encoder's note heads alone, no decoding (default for a "
                    "model with them); hybrid = notes from the heads' rolls, instruments and drums from the decoded "
@@ -107,8 +137,8 @@ def transcribe(audio, out, model, instruments, device, batch_size, beam, notes_f
 # evaluate: mir_eval metrics as MT3 computes them (evaluate.py)
 
 @cli.command()
-@click.option("--ref", required=True, type=click.Path(), help="Reference MIDI file or folder.")
-@click.option("--est", required=True, type=click.Path(), help="Estimated MIDI file or folder (matched by name).")
+@click.option("--ref", required=True, type=click.Path(exists=True), help="Reference MIDI file or folder.")
+@click.option("--est", required=True, type=click.Path(exists=True), help="Estimated MIDI file or folder (matched by name).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (per file, pooled, mean).")
 def evaluate(ref, est, as_json):
     """Score transcriptions against references: onset, onset+offset, frame, multi-instrument and drum F1."""
@@ -126,7 +156,7 @@ _DATASETS = ("maestro", "slakh", "slakh_stems")
 @cli.command("index")
 @click.option("--dataset", required=True, type=click.Choice(_DATASETS), help="Layout to read (docs/design.md §1.3).")
 @click.option("--root", required=True, type=click.Path(), help="The dataset's folder, as published.")
-@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="JSON-lines file of track records.")
+@click.option("-o", "--out", required=True, type=Output(), help="JSON-lines file of track records.")
 @click.option("--splits", default="train,validation,test", show_default=True,
               help="Comma-separated splits; 'omitted' adds Slakh's omitted tracks.")
 def index_command(dataset, root, out, splits):
@@ -144,10 +174,10 @@ def index_command(dataset, root, out, splits):
 @cli.command("shard")
 @click.option("--dataset", required=True, type=click.Choice(_DATASETS), help="Layout to read (docs/design.md §1.3).")
 @click.option("--root", required=True, type=click.Path(), help="The dataset's folder, as published.")
-@click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Output folder (one per split).")
+@click.option("-o", "--out", required=True, type=Output(folder=True), help="Output folder (one per split).")
 @click.option("--splits", default="train,validation,test", show_default=True,
               help="Comma-separated splits; 'omitted' adds Slakh's omitted tracks.")
-@click.option("--workers", type=int, default=0, help="Parallel track workers (default: every CPU core).")
+@click.option("--workers", type=WORKERS, default=0, help="Parallel track workers (default: every CPU core).")
 @click.option("--shard-size", default="1GB", show_default=True, help="Largest shard: 1GB, 500MB, 64MiB, ...")
 @click.option("--part", default=None, help="i/N: shard only the i-th of N deterministic parts (N machines).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -164,10 +194,10 @@ def shard_command(dataset, root, out, splits, workers, shard_size, part, quiet):
 
 
 @cli.command("inspect")
-@click.argument("path", type=click.Path())
+@click.argument("path", type=click.Path(exists=True))
 @click.option("--sample", default=None, help="A sample key, e.g. Track00001_00003.")
-@click.option("--wav", type=click.Path(dir_okay=False), default=None, help="Write the sample's audio here.")
-@click.option("--midi", type=click.Path(dir_okay=False), default=None, help="Write the sample's tokens as MIDI here.")
+@click.option("--wav", type=Output(), default=None, help="Write the sample's audio here.")
+@click.option("--midi", type=Output(), default=None, help="Write the sample's tokens as MIDI here.")
 def inspect_command(path, sample, wav, midi):
     """Summarize shards (manifests); dump one sample's audio and decoded tokens to check alignment."""
     from .data.shards import inspect
@@ -180,10 +210,10 @@ def inspect_command(path, sample, wav, midi):
 # --- synth (synth/) ------------------------------------------------------------------------------------------------
 
 @cli.command("synth")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Dataset folder to write (or complete).")
+@click.option("--out", required=True, type=Output(folder=True), help="Dataset folder to write (or complete).")
 @click.option("--layout", required=True, type=click.Choice(["slakh", "maestro"]),
               help="Slakh2100 (ensembles, stems, drums) or MAESTRO (solo piano) as published.")
-@click.option("--soundfont", "soundfonts", multiple=True, type=click.Path(dir_okay=False),
+@click.option("--soundfont", "soundfonts", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="Render with this SoundFont only (repeat for several; default: every installed bank).")
 @click.option("--bank", "banks", multiple=True,
               help="Use only this installed bank (repeatable): fluidr3_gm, fluidr3_gs, fluidr3mono, timgm6mb, "
@@ -191,19 +221,19 @@ def inspect_command(path, sample, wav, midi):
 @click.option("--holdout-timbres", default=None,
               help="Banks only validation and test are rendered with (comma list, or 'none'; default: csound, "
                    "freepats and three Hydrogen kits, as far as installed).")
-@click.option("--songs", type=float, default=None,
+@click.option("--songs", type=click.FloatRange(0, 1), default=None,
               help="Share of the audio that is generated pop/rock/funk/jazz/latin/electronic/ballad songs "
                    "(default 0.5 for slakh, 0 for maestro).")
-@click.option("--hours", type=float, default=1.0, show_default=True, help="Audio to render in all.")
+@click.option("--hours", type=POSITIVE, default=1.0, show_default=True, help="Audio to render in all.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same files.")
-@click.option("--workers", type=int, default=0, help="Parallel processes (default: every CPU core).")
-@click.option("--max-seconds", type=float, default=300.0, show_default=True,
+@click.option("--workers", type=WORKERS, default=0, help="Parallel processes (default: every CPU core).")
+@click.option("--max-seconds", type=click.FloatRange(min=5), default=300.0, show_default=True,
               help="Longer works are rendered as excerpts of whole bars at most this long.")
-@click.option("--parse-timeout", type=float, default=180.0, show_default=True, help="Seconds per music21 file.")
-@click.option("--cache", type=click.Path(file_okay=False), default=None,
+@click.option("--parse-timeout", type=POSITIVE, default=180.0, show_default=True, help="Seconds per music21 file.")
+@click.option("--cache", type=Output(folder=True), default=None,
               help="Parsed-work cache (default: $XDG_CACHE_HOME/mt3ds/music21).")
 @click.option("--work", "works", multiple=True, help="Render only this music21 corpus file (repeatable).")
-@click.option("--holdout", type=click.Path(dir_okay=False), default=None,
+@click.option("--holdout", type=click.Path(exists=True, dir_okay=False), default=None,
               help="List of held-out works (default: the one bundled with mt3ds).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def synth_command(out, layout, soundfonts, banks, holdout_timbres, songs, hours, seed, workers, max_seconds,
@@ -232,11 +262,11 @@ def synth_command(out, layout, soundfonts, banks, holdout_timbres, songs, hours,
 
 @cli.command("export")
 @click.argument("run_dir", type=click.Path())
-@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False),
+@click.option("-o", "--out", required=True, type=Output(),
               help="The model file to write (.safetensors); its JSON card is written beside it.")
 @click.option("--which", type=click.Choice(["best", "latest"]), default="best", show_default=True,
               help="Checkpoint to export: lowest validation token loss (latest if none was validated), or latest.")
-@click.option("--step", type=int, default=None, help="Export the checkpoint of this step instead.")
+@click.option("--step", type=click.IntRange(min=0), default=None, help="Export the checkpoint of this step instead.")
 @click.option("--reading", type=click.Path(dir_okay=False), default=None,
               help="A JSON file of note-heads reading settings chosen on validation data (`mt3ds bench reading "
                    "--out`), stored with the model as its defaults.")
@@ -269,8 +299,8 @@ def bench():
 
 @bench.command("tokens")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object of the figures.")
-@click.option("--seconds", type=float, default=300.0, show_default=True, help="Length of the generated MIDI.")
-@click.option("--repeats", type=int, default=5, show_default=True, help="Timed repetitions (best is kept).")
+@click.option("--seconds", type=POSITIVE, default=300.0, show_default=True, help="Length of the generated MIDI.")
+@click.option("--repeats", type=COUNT, default=5, show_default=True, help="Timed repetitions (best is kept).")
 def bench_tokens(as_json, seconds, repeats):
     """Encode and decode+stitch a dense generated 10-track MIDI; notes/s."""
     from .bench.tokens import bench_tokens as run
@@ -282,8 +312,8 @@ def bench_tokens(as_json, seconds, repeats):
 
 @bench.command("loader")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object of the figures.")
-@click.option("--samples", type=int, default=2000, show_default=True, help="Samples timed per loader setting.")
-@click.option("--mix-samples", type=int, default=5000, show_default=True,
+@click.option("--samples", type=COUNT, default=2000, show_default=True, help="Samples timed per loader setting.")
+@click.option("--mix-samples", type=COUNT, default=5000, show_default=True,
               help="Samples over which mixing shares are compared with their targets.")
 def bench_loader(as_json, samples, mix_samples):
     """Loader samples/s (0/1/2 workers, augmentation off/on), raw tar floor, CPU features/s, mixing shares."""
@@ -299,11 +329,11 @@ def bench_loader(as_json, samples, mix_samples):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object of the figures.")
 @click.option("--preset", "presets", multiple=True, default=("small", "base"), show_default=True,
               type=click.Choice(["tiny", "small", "base", "base_v2"]), help="Model preset to measure (repeatable).")
-@click.option("--batch", type=int, default=8, show_default=True, help="Training batch (segments).")
-@click.option("--train-tokens", type=int, default=1024, show_default=True, help="Tokens per training segment.")
-@click.option("--decode-batch", type=int, default=16, show_default=True, help="Segments decoded together.")
-@click.option("--decode-tokens", type=int, default=1024, show_default=True, help="Tokens decoded per segment.")
-@click.option("--repeats", type=int, default=2, show_default=True, help="Timed repetitions (best is kept).")
+@click.option("--batch", type=COUNT, default=8, show_default=True, help="Training batch (segments).")
+@click.option("--train-tokens", type=click.IntRange(min=2), default=1024, show_default=True, help="Tokens per training segment.")
+@click.option("--decode-batch", type=COUNT, default=16, show_default=True, help="Segments decoded together.")
+@click.option("--decode-tokens", type=COUNT, default=1024, show_default=True, help="Tokens decoded per segment.")
+@click.option("--repeats", type=COUNT, default=2, show_default=True, help="Timed repetitions (best is kept).")
 def bench_model(as_json, presets, batch, train_tokens, decode_batch, decode_tokens, repeats):
     """Training step fp32 vs bf16, parameters, greedy decoding tokens/s with and without the KV cache."""
     from .bench.model import bench_model as run
@@ -317,10 +347,10 @@ def bench_model(as_json, presets, batch, train_tokens, decode_batch, decode_toke
 
 @bench.command("shard")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object of the figures.")
-@click.option("--minutes", type=float, default=20.0, show_default=True,
+@click.option("--minutes", type=POSITIVE, default=20.0, show_default=True,
               help="Audio generated (44.1 kHz stereo FLAC); a few minutes is too little to amortize worker start-up.")
-@click.option("--tracks", type=int, default=16, show_default=True, help="Tracks the audio is split into.")
-@click.option("--repeats", type=int, default=2, show_default=True, help="Timed repetitions (best is kept).")
+@click.option("--tracks", type=COUNT, default=16, show_default=True, help="Tracks the audio is split into.")
+@click.option("--repeats", type=COUNT, default=2, show_default=True, help="Timed repetitions (best is kept).")
 def bench_shard(as_json, minutes, tracks, repeats):
     """Shard a generated MAESTRO-layout dataset with 1 and 2 workers against the decode+resample floor."""
     from .bench.shard import bench_shard as run
@@ -333,7 +363,7 @@ def bench_shard(as_json, minutes, tracks, repeats):
 
 @bench.command("synth")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object of the figures.")
-@click.option("--seconds", type=float, default=60.0, show_default=True, help="Length of each rendered excerpt.")
+@click.option("--seconds", type=POSITIVE, default=60.0, show_default=True, help="Length of each rendered excerpt.")
 def bench_synth(as_json, seconds):
     """Render fixed works and one song per genre (Slakh layout, every installed bank): audio seconds per second
     of one core, by stage and per engine (FluidSynth, TiMidity++, Hydrogen kits)."""
@@ -347,12 +377,14 @@ def bench_synth(as_json, seconds):
 
 @bench.command("train")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object of the figures.")
-@click.option("--preset", default="base", show_default=True, type=click.Choice(["tiny", "small", "base", "base_v2"]))
-@click.option("--ds-config", type=click.Path(dir_okay=False), default=None,
-              help="DeepSpeed config (default ds_configs/bf16.json).")
-@click.option("--batch", type=int, default=None, help="Micro-batch (default: the ds_config's).")
-@click.option("--tokens", type=int, default=1024, show_default=True, help="Target tokens per chunk.")
-@click.option("--steps", type=int, default=10, show_default=True, help="Timed steps (after 3 warm-up steps).")
+@click.option("--preset", default=None, type=click.Choice(["tiny", "small", "base", "base_v2"]),
+              help="Model preset (default: base with a GPU, small on a CPU-only machine).")
+@click.option("--ds-config", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="DeepSpeed config (default: ds_configs/bf16.json with a GPU, ds_configs/cpu.json on a CPU).")
+@click.option("--batch", type=COUNT, default=None, help="Micro-batch (default: the ds_config's).")
+@click.option("--tokens", type=click.IntRange(min=2), default=1024, show_default=True,
+              help="Target tokens per chunk.")
+@click.option("--steps", type=COUNT, default=10, show_default=True, help="Timed steps (after 3 warm-up steps).")
 @click.option("--precision", type=click.Choice(["config", "fp32", "bf16"]), default="config", show_default=True,
               help="Override the ds_config's bf16 switch.")
 @click.option("--checkpointing", default="off,on", show_default=True,
@@ -362,18 +394,22 @@ def bench_synth(as_json, seconds):
                    "ranks sharing the CPU's cores) and the samples/s scaling against the first.")
 def bench_train(as_json, preset, ds_config, batch, tokens, steps, precision, checkpointing, ranks):
     """DeepSpeed training step: samples/s, tokens/s, MFU (GPU), peak memory; activation checkpointing off vs on;
-    data-parallel scaling with --ranks."""
+    data-parallel scaling with --ranks. Progress goes to stderr (stdout holds the figures)."""
     import os
 
     settings = tuple(s.strip() for s in checkpointing.split(",") if s.strip())
     if not settings or any(s not in ("off", "on") for s in settings):
-        raise UserError(f"--checkpointing {checkpointing}: expected off, on or off,on")
+        raise click.BadParameter(f"{checkpointing!r}: expected off, on or off,on", param_hint="'--checkpointing'")
     try:
         world_sizes = tuple(int(r) for r in ranks.split(","))
     except ValueError:
         world_sizes = ()
     if not world_sizes or min(world_sizes) < 1:
-        raise UserError(f"--ranks {ranks}: expected positive integers separated by commas, e.g. 1,2")
+        raise click.BadParameter(f"{ranks!r}: expected positive integers separated by commas, e.g. 1,2",
+                                 param_hint="'--ranks'")
+    from .bench.train import machine_defaults
+
+    preset, ds_config = machine_defaults(preset, ds_config)
     kw = dict(preset=preset, ds_config=ds_config, batch=batch, tokens=tokens, steps=steps, precision=precision,
               checkpointing=settings)
     if world_sizes == (int(os.environ.get("WORLD_SIZE", "1")),):  # this process is (one of) the ranks
@@ -393,7 +429,7 @@ def bench_train(as_json, preset, ds_config, batch, tokens, steps, precision, che
 
 @bench.command("gpu")
 @click.option("--dry-run", is_flag=True, help="Run every part on the CPU at tiny sizes (no GPU needed).")
-@click.option("--steps", type=int, default=None, help="Timed training steps per setting (default 10; dry run 2).")
+@click.option("--steps", type=COUNT, default=None, help="Timed training steps per setting (default 10; dry run 2).")
 def bench_gpu(dry_run, steps):
     """GPU check in one run (sized for < 8 min on one H100/H200): bf16 step time and MFU of base and base_v2 with
     flash vs math attention (flash verified), FusedAdam loaded, ZeRO-1/2 and activation checkpointing memory and
@@ -420,9 +456,10 @@ def bench_gpu(dry_run, steps):
 
 
 @bench.command("transcribe")
-@click.option("--model", type=click.Path(dir_okay=False), default=None, help="Exported model (default: bundled).")
-@click.option("--seconds", type=float, default=60.0, show_default=True, help="Length of the generated recording.")
-@click.option("--uncached-chunks", type=int, default=2, show_default=True,
+@click.option("--model", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Exported model (default: bundled).")
+@click.option("--seconds", type=POSITIVE, default=60.0, show_default=True, help="Length of the generated recording.")
+@click.option("--uncached-chunks", type=COUNT, default=2, show_default=True,
               help="Chunks decoded without the KV cache (it is slow; the RTF is per audio second).")
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
 @click.option("--long-minutes", type=float, default=0.0, show_default=True,
@@ -437,7 +474,8 @@ def bench_transcribe(model, seconds, uncached_chunks, device, long_minutes, as_j
 
 
 @bench.command("quality")
-@click.option("--model", type=click.Path(dir_okay=False), default=None, help="Exported model (default: bundled).")
+@click.option("--model", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Exported model (default: bundled).")
 @click.option("--dataset", type=click.Choice(["maestro", "slakh", "slakh_stems", "pairs"]), required=True,
               help="A published layout, or pairs: audio files with a same-named .mid beside them (--files).")
 @click.option("--root", type=click.Path(), required=True, help="The dataset's folder, as published.")
@@ -447,7 +485,7 @@ def bench_transcribe(model, seconds, uncached_chunks, device, long_minutes, as_j
                    "Default: the model's default reading.")
 @click.option("--quantize", is_flag=True, help="int8 dynamic quantization of the linear layers (CPU).")
 @click.option("--split", default="test", show_default=True)
-@click.option("--limit", type=int, default=None, help="Score only the first N tracks.")
+@click.option("--limit", type=COUNT, default=None, help="Score only the first N tracks.")
 @click.option("--no-instruments", is_flag=True, help="Skip the run with each track's instrument list given.")
 @click.option("--no-basic-pitch", is_flag=True, help="Skip basic-pitch even when it is installed.")
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
@@ -521,6 +559,10 @@ def main(argv=None):
     except click.exceptions.Abort:
         click.echo("mt3ds: aborted", err=True)
         sys.exit(130)
+    except click.UsageError as e:  # one line like every other error; the command's --help is named for the rest
+        where = f" (see {e.ctx.command_path} --help)" if e.ctx is not None else ""
+        click.echo(f"mt3ds: error: {' '.join(e.format_message().split()).rstrip('.')}{where}", err=True)
+        sys.exit(e.exit_code)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
@@ -529,3 +571,9 @@ def main(argv=None):
         sys.exit(e.exit_code)
     except BrokenPipeError:
         sys.exit(0)
+    except OSError as e:
+        # a write that failed after the up-front checks (disk full, a folder removed meanwhile): name the file
+        if e.filename is None:
+            raise
+        click.echo(f"mt3ds: error: {e.filename}: {e.strerror or first_line(e)}", err=True)
+        sys.exit(1)

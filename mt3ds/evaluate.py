@@ -114,12 +114,12 @@ def score_notes(ref: Notes, est: Notes) -> dict[str, Counts]:
 
 def _midi_files(path: Path) -> dict[str, Path]:
     if not path.exists():
-        raise UserError(f"{path}: no such file or folder")
+        raise UserError(f"{path}: no such file or folder", exit_code=2)
     if path.is_file():
         return {path.stem: path}
     files = {p.stem: p for p in sorted(path.iterdir()) if p.suffix.lower() in MIDI_SUFFIXES}
     if not files:
-        raise UserError(f"{path}: no .mid or .midi files in this folder")
+        raise UserError(f"{path}: no .mid or .midi files in this folder", exit_code=2)
     return files
 
 
@@ -131,7 +131,7 @@ def pair_files(ref: Path, est: Path) -> tuple[list[tuple[str, Path, Path]], list
     pairs = [(name, refs[name], ests[name]) for name in sorted(refs) if name in ests]
     unmatched = sorted(set(refs) ^ set(ests))
     if not pairs:
-        raise UserError(f"{ref} and {est}: no file names in common")
+        raise UserError(f"{ref} and {est}: no file names in common", exit_code=2)
     return pairs, unmatched
 
 

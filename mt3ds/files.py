@@ -61,3 +61,32 @@ def npy_bytes(a: np.ndarray) -> bytes:
 def npy_load(data: bytes) -> np.ndarray:
     """The array in a .npy file's bytes; pickled (object) arrays are refused."""
     return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def check_writable(path, folder: bool = False) -> None:
+    """Refuse an output path that cannot be written before any work starts: UserError (exit 2) naming it.
+
+    A file output may exist as a file, a folder output as a folder; either may not exist yet. The nearest existing
+    folder at or above where it goes must take a new file: that is tried (a probe file made and removed), not read
+    from the permission bits, which root passes everywhere, even in /proc."""
+    import tempfile
+
+    from .errors import UserError
+
+    path = Path(path)
+    if path.is_dir() and not folder:
+        raise UserError(f"{path}: is a folder; name a file to write", exit_code=2)
+    if path.exists() and not path.is_dir() and folder:
+        raise UserError(f"{path}: exists and is not a folder", exit_code=2)
+    here = path if path.is_dir() else path.parent
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    if here.exists() and not here.is_dir():
+        raise UserError(f"{path}: cannot be written: {here} is a file, not a folder", exit_code=2)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".mt3ds-probe-", dir=here)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"{path}: cannot be written: {here} takes no new files ({e.strerror or e})",
+                        exit_code=2) from None

@@ -19,9 +19,11 @@ Where the notes come from (--notes):
     decoded = pipeline.decode_audio(waveform, "name", notes_from="hybrid")   # Decoded: tokens, rolls, heads
     notes = pipeline.read_notes(decoded, len(waveform))
 
-Memory stays bounded on long inputs: features and decoder state exist for one batch of chunks at a time; the 16 kHz
-waveform (230 MB per hour) and the heads' float16 class-agnostic rolls (3 x 88 per 8 ms frame, 240 MB per hour;
-the class rolls only where notes sound) are held whole.
+Memory stays bounded on long inputs: a batch (32 chunks on the CPU, 64 on a GPU, --batch-size) is cut from the
+prepared waveform when it is decoded, so features, the decoder's KV cache and every other per-chunk tensor exist for
+one batch at a time; what grows with the file is its 16 kHz waveform (230 MB per hour; the offline chain's float64
+passes over it peak at ~8x that, mt3ds/data/audio.py), the heads' float16 class-agnostic rolls (3 x 88 per 8 ms frame,
+240 MB per hour; the class rolls kept only where notes sound), and the decoded tokens and notes. Figures: BENCHMARKS.md, Transcription memory.
 """
 from __future__ import annotations
 
@@ -34,14 +36,18 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError, first_line
-from .files import atomic_path
+from .files import atomic_path, check_writable
 from .tokens import gm, vocab
 from .tokens.frames import FRAME_THRESHOLD, N_KEYS, ONSET_THRESHOLD, frame_seconds, hybrid_notes
+from .plot import require_matplotlib, write_plot
 from .tokens.rolls import HeadRolls, ReadSettings, RollReader, read_heads
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".opus")
 DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "default_model.safetensors"
 CPU_BATCH = 32  # chunks per batch on the CPU: ~65 s of audio, ~16 MB of features
+# chunks per batch on a GPU: enough to fill it with the small models, while the KV cache (preallocated for
+# max_tokens per row) stays a bounded few hundred MB however long the file is
+GPU_BATCH = 64
 NOTE_SOURCES = ("frames", "hybrid", "tokens")
 
 
@@ -81,11 +87,11 @@ def collect_inputs(paths) -> list[Path]:
     files = []
     for p in map(Path, paths):
         if not p.exists():
-            raise UserError(f"{p}: no such file or folder")
+            raise UserError(f"{p}: no such file or folder", exit_code=2)
         if p.is_dir():
             found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in AUDIO_SUFFIXES)
             if not found:
-                raise UserError(f"{p}: no audio files ({', '.join(AUDIO_SUFFIXES)}) in this folder")
+                raise UserError(f"{p}: no audio files ({', '.join(AUDIO_SUFFIXES)}) in this folder", exit_code=2)
             files += found
         else:
             files.append(p)
@@ -191,17 +197,22 @@ class Pipeline:
                             "tokens", exit_code=2)
         return notes_from
 
-    def decode_chunks(self, chunks: np.ndarray, programs=None, batch_size: int | None = None, beam: int = 1,
+    def default_batch(self) -> int:
+        """Chunks decoded together when --batch-size is not given (bounded: memory must not grow with the file)."""
+        return GPU_BATCH if self.device.type == "cuda" else CPU_BATCH
+
+    def decode_chunks(self, chunks, programs=None, batch_size: int | None = None, beam: int = 1,
                       use_cache: bool = True, progress=None, with_rolls: bool = False,
                       notes_from: str | None = None) -> Decoded:
-        """[n, chunk_samples] prepared audio -> Decoded: "frames" runs the encoder and its heads only; "hybrid"
-        (or with_rolls) decodes tokens and keeps the class-agnostic rolls; "tokens" decodes tokens."""
+        """Prepared audio chunks -> Decoded: "frames" runs the encoder and its heads only; "hybrid" (or with_rolls)
+        decodes tokens and keeps the class-agnostic rolls; "tokens" decodes tokens. chunks: a [n, chunk_samples]
+        array, or a Chunks view of a prepared waveform (batches are cut from it as they go)."""
         import torch
 
         from .model.generate import Search, generate
 
         source = notes_from or ("hybrid" if with_rolls else "tokens")
-        batch_size = batch_size or (max(1, len(chunks)) if self.device.type == "cuda" else CPU_BATCH)
+        batch_size = batch_size or self.default_batch()
         search = Search(beam_size=beam, use_cache=use_cache)  # the grammar keeps every chunk well formed
         tokens, rolls, reader = [], [], RollReader() if source == "frames" else None
         frames = self.feature_cfg.frames
@@ -252,9 +263,9 @@ class Pipeline:
                      use_cache: bool = True, progress=None, with_rolls: bool = False,
                      notes_from: str | None = None) -> Decoded:
         """16 kHz mono waveform -> the offline chain -> chunks -> decode_chunks."""
-        from .data.audio import chunk, prepare
+        from .data.audio import prepare
 
-        chunks = chunk(prepare(audio, self.audio_cfg, seed_key), self.audio_cfg)
+        chunks = Chunks(prepare(audio, self.audio_cfg, seed_key), self.audio_cfg.chunk_samples)
         return self.decode_chunks(chunks, programs, batch_size, beam, use_cache, progress, with_rolls=with_rolls,
                                   notes_from=notes_from)
 
@@ -273,6 +284,27 @@ class Pipeline:
             notes = hybrid_notes(rolls[:, 0], rolls[:, 1], self.frame_seconds, notes, programs,
                                  self.onset_threshold, self.frame_threshold)
         return _clip(notes, duration)
+
+
+class Chunks:
+    """A prepared waveform seen as data.audio.chunk would cut it ([n, size] float32, the last chunk zero-padded),
+    without the padded copy of the whole file: slicing rows builds only those rows."""
+
+    def __init__(self, audio: np.ndarray, size: int):
+        self.audio = np.asarray(audio, dtype=np.float32)
+        self.size = size
+
+    def __len__(self) -> int:
+        return -(-len(self.audio) // self.size)
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        start, stop, step = rows.indices(len(self))
+        if step != 1:
+            raise IndexError("Chunks takes contiguous row slices only")
+        out = np.zeros((max(0, stop - start), self.size), dtype=np.float32)
+        part = self.audio[start * self.size: stop * self.size]
+        out.reshape(-1)[: len(part)] = part
+        return out
 
 
 def _clip(notes, duration: float):
@@ -306,31 +338,6 @@ def write_csv(notes, path: Path) -> None:
                         int(notes.velocity[i]), int(notes.program[i]), gm.program_name(int(notes.program[i]))])
 
 
-def write_plot(notes, path: Path, title: str) -> None:
-    """A piano roll PNG, one colour per instrument."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise UserError("--plot needs matplotlib: pip install 'mt3ds[plot]'", exit_code=2)
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(14, 6), dpi=100)
-    cmap = plt.get_cmap("tab20")
-    for i, prog in enumerate(np.unique(notes.program)):
-        sel = notes.program == prog
-        ax.barh(notes.pitch[sel], notes.offset[sel] - notes.onset[sel], left=notes.onset[sel], height=0.8,
-                color=cmap(i % 20), label=gm.program_name(int(prog)))
-    ax.set_xlabel("time (s)")
-    ax.set_ylabel("MIDI pitch")
-    ax.set_title(title)
-    if len(notes):
-        ax.legend(loc="upper right", fontsize=8)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")  # the temporary name's suffix is not .png
-    plt.close(fig)
-
-
 def transcribe(inputs, out, model=None, instruments: str | None = None, device: str = "auto",
                batch_size: int | None = None, beam: int = 1, as_csv: bool = False, plot: bool = False,
                progress: bool = True, notes_from: str | None = None, onset_threshold: float | None = None,
@@ -346,20 +353,25 @@ def transcribe(inputs, out, model=None, instruments: str | None = None, device: 
         raise UserError(f"--beam must be at least 1, not {beam}", exit_code=2)
     if batch_size is not None and batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, not {batch_size}", exit_code=2)
+    if plot:
+        require_matplotlib()  # before the model loads and any file is transcribed
     programs = parse_instruments(instruments)
     files = collect_inputs(inputs)
     outputs = output_paths(files, Path(out))
+    check_writable(out, folder=outputs[0] != Path(out))
     pipeline = Pipeline(model, device, onset_threshold, frame_threshold, drum_threshold, min_gap_s, quantize)
     pipeline.notes_source(notes_from)  # a bad --notes fails before any file is read
     result = TranscribeResult()
-    bar = tqdm(total=0, unit="chunk", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    bar = None  # made once the first file is read, with its chunk count: never "0chunk [00:00, ?chunk/s]"
     for src, dst in zip(files, outputs):
-        bar.set_description(src.name)
         try:
             audio = load_audio(src, pipeline.audio_cfg.sample_rate)
             n_chunks = -(-len(audio) // pipeline.audio_cfg.chunk_samples)
-            bar.total += n_chunks
-            bar.refresh()
+            if bar is None:
+                bar = tqdm(total=n_chunks, unit="chunk", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+            else:
+                bar.total += n_chunks  # the total grows as each further file is read
+            bar.set_description(src.name)
             notes, _ = pipeline.transcribe_audio(audio, src.stem, programs, batch_size, beam, progress=bar,
                                                  notes_from=notes_from)
         except UserError as e:
@@ -367,7 +379,7 @@ def transcribe(inputs, out, model=None, instruments: str | None = None, device: 
             reason = message if str(src) in message else f"{src}: {message}"
             result.failed.append((str(src), reason))
             if len(files) > 1:
-                bar.write(f"mt3ds: skipped {reason}", file=sys.stderr)
+                tqdm.write(f"mt3ds: skipped {reason}", file=sys.stderr)
             continue
         dst.parent.mkdir(parents=True, exist_ok=True)
         write_midi(notes, dst)
@@ -376,5 +388,6 @@ def transcribe(inputs, out, model=None, instruments: str | None = None, device: 
         if plot:
             write_plot(notes, dst.with_suffix(".png"), src.name)
         result.written.append((str(src), str(dst), len(notes), len(audio) / pipeline.audio_cfg.sample_rate))
-    bar.close()
+    if bar is not None:
+        bar.close()
     return result

@@ -56,5 +56,30 @@ def test_gpu_check_without_a_gpu_says_so_in_one_line(tmp_path):
 def test_bench_train_bad_ranks_is_one_line(tmp_path, ranks):
     p = subprocess.run([sys.executable, "-m", "mt3ds", "bench", "train", "--ranks", ranks], capture_output=True,
                        text=True, env=_env(), timeout=300, cwd=tmp_path)
-    assert p.returncode != 0 and "Traceback" not in p.stderr
-    assert f"--ranks {ranks}: expected positive integers" in p.stderr
+    assert p.returncode == 2 and "Traceback" not in p.stderr  # a usage error (mt3ds --help: exit status)
+    err = p.stderr.strip()
+    assert err.startswith("mt3ds: error: Invalid value for '--ranks'") and "expected positive integers" in err
+    assert len(err.splitlines()) == 1
+
+
+def test_bench_train_defaults_suit_the_machine(monkeypatch):
+    import torch
+
+    from mt3ds.bench.train import CPU_DS, DEFAULT_DS, machine_defaults
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert machine_defaults(None, None) == ("small", CPU_DS) and CPU_DS.name == "cpu.json" and CPU_DS.is_file()
+    assert machine_defaults("tiny", "x.json") == ("tiny", Path("x.json"))  # given values are kept
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert machine_defaults(None, None) == ("base", DEFAULT_DS) and DEFAULT_DS.name == "bf16.json"
+
+
+@pytest.mark.slow
+def test_bench_train_prints_progress_while_it_runs(capsys):
+    from mt3ds.bench.train import bench_train
+
+    fig = bench_train("tiny", batch=2, tokens=16, steps=2, warmup=1, checkpointing=("off",))
+    err = capsys.readouterr().err
+    assert "bench train: checkpointing off: building the DeepSpeed engine" in err
+    assert "warm-up step 1/1" in err and "timed step 2/2" in err
+    assert fig["ckpt_off_step_s"] > 0

@@ -58,7 +58,7 @@ def test_real_multipart_piece_roundtrips_within_5ms(tmp_path):
 def test_bad_input_is_one_line_and_nonzero(tmp_path, capsys):
     bad = tmp_path / "bad.mid"
     bad.write_text("not midi")
-    for args, code in [([str(bad)], 1), ([str(tmp_path / "missing.mid")], 1),
+    for args, code in [([str(bad)], 1), ([str(tmp_path / "missing.mid")], 2),  # 2: a usage error (mt3ds --help)
                        ([str(bad), "--chunk-seconds", "0"], 2)]:
         with pytest.raises(SystemExit) as exit_info:
             main(["tokens", *args])

@@ -261,3 +261,36 @@ def test_bench_transcribe_times_the_default_reading(model_path):
     assert fig["notes_from"] == "hybrid" and fig["chunks"] == 2 and fig["tokens_decoded"] >= 2
     assert fig["rtf_hybrid"] > 0 and fig["rtf_tokens"] > 0 and fig["rtf_tokens_batch1"] > 0
     assert fig["rtf_tokens_uncached"] > 0 and "rtf_frames" not in fig  # the fixture model has no note heads
+
+
+def test_chunks_view_cuts_rows_as_chunk_does():
+    from mt3ds.data.audio import chunk
+    from mt3ds.transcribe import Chunks
+
+    cfg = AudioConfig()
+    audio = np.random.default_rng(0).standard_normal(3 * cfg.chunk_samples + 123).astype(np.float32)
+    whole = chunk(audio, cfg)
+    view = Chunks(audio, cfg.chunk_samples)
+    assert len(view) == len(whole) == 4
+    for rows in (slice(0, 2), slice(2, 4), slice(3, 10), slice(0, 32)):
+        np.testing.assert_array_equal(view[rows], whole[rows])
+
+
+def test_default_batch_is_bounded(model_path):
+    from mt3ds.transcribe import CPU_BATCH, GPU_BATCH
+
+    pipeline = Pipeline(model_path, "cpu")
+    assert pipeline.default_batch() == CPU_BATCH
+    pipeline.device = torch.device("cuda")  # only the choice is read: nothing runs on it
+    assert pipeline.default_batch() == GPU_BATCH <= 64
+
+
+def test_progress_bar_starts_with_its_total(tmp_path, model_path, capsys):
+    src = tmp_path / "a.wav"
+    sf.write(src, tones(5.0), SR)  # 3 chunks
+    main_args = ["transcribe", str(src), "-o", str(tmp_path / "a.mid"), "--model", str(model_path)]
+    main(main_args)  # returns on success
+    err = capsys.readouterr().err
+    first = err.replace("\r", "\n").strip().splitlines()[0]
+    assert "0chunk" not in err and "/3 [" in first, err
+

@@ -84,7 +84,8 @@ def load_tracks(dataset: str, root, split: str, files: str = "**/*", limit: int 
         tracks = [(r.track_id, Path(r.audio_path), read_target(r), sorted(set(r.instrument_programs)))
                   for r in records]
     if not tracks:
-        raise UserError(f"{root}: no {split if dataset != 'pairs' else files} tracks of dataset {dataset}")
+        raise UserError(f"{root}: no {split if dataset != 'pairs' else files} tracks of dataset {dataset}",
+                        exit_code=2)
     return tracks
 
 
@@ -105,6 +106,10 @@ def bench_quality(model, dataset: str, root, split: str = "test", limit: int | N
     from ..transcribe import Pipeline
 
     tracks = load_tracks(dataset, root, split, files, limit)
+    if basic_pitch:
+        from .transcribe import note_missing_basic_pitch
+
+        note_missing_basic_pitch("bench quality")
     pipeline = Pipeline(model, device, quantize=quantize)
     readings = tuple(readings or (pipeline.notes_source(None),))
     for r in readings:

@@ -8,11 +8,16 @@ checkpointing setting: samples/s, tokens/s (target tokens), seconds per step, pe
 peak, MFU (analytic FLOPs of forward + backward / time / peak dense bf16 FLOP/s; recomputation not counted;
 mt3ds/model/flops.py).
 `--precision fp32|bf16` overrides the ds_config's bf16 switch (how cpu.json's choice was measured).
+The defaults suit the machine (machine_defaults): `base` with bf16.json where a GPU is visible, `small` with cpu.json
+on a CPU-only one (base with the GPU config there ran over five minutes, one of them compiling fused Adam). Progress
+lines go to stderr as the work runs: the engine's build (and a note when DeepSpeed may compile an op first), every
+warm-up step and every timed step.
 """
 from __future__ import annotations
 
 import gc
 import resource
+import sys
 import time
 from pathlib import Path
 
@@ -21,10 +26,24 @@ import torch
 from ..config import AudioConfig, FeatureConfig
 from ..tokens import vocab
 
-DEFAULT_DS = Path(__file__).resolve().parents[2] / "ds_configs" / "bf16.json"
+DS_CONFIGS = Path(__file__).resolve().parents[2] / "ds_configs"
+DEFAULT_DS = DS_CONFIGS / "bf16.json"  # with a GPU
+CPU_DS = DS_CONFIGS / "cpu.json"  # CPU-only: torch AdamW (nothing to compile), the micro-batch a CPU step can take
+GPU_PRESET, CPU_PRESET = "base", "small"  # small: the CPU-trainable shape (mt3ds/model/config.py)
 
 
-def bench_train(preset: str = "base", ds_config=None, batch: int | None = None, tokens: int = 1024,
+def machine_defaults(preset: str | None, ds_config) -> tuple[str, Path]:
+    """The preset and ds_config to run when not given: the GPU pair where CUDA is available, else the CPU pair."""
+    gpu = torch.cuda.is_available()
+    return (preset or (GPU_PRESET if gpu else CPU_PRESET),
+            Path(ds_config) if ds_config else (DEFAULT_DS if gpu else CPU_DS))
+
+
+def _say(message: str) -> None:
+    print(f"bench train: {message}", file=sys.stderr, flush=True)
+
+
+def bench_train(preset: str | None = None, ds_config=None, batch: int | None = None, tokens: int = 1024,
                 steps: int = 10, warmup: int = 3, precision: str = "config",
                 checkpointing: tuple[str, ...] = ("off", "on")) -> dict:
     import deepspeed
@@ -37,7 +56,7 @@ def bench_train(preset: str = "base", ds_config=None, batch: int | None = None, 
     from ..train.engine import init_distributed, param_groups
     from ..train.metrics import hardware
 
-    ds_path = Path(ds_config) if ds_config else DEFAULT_DS
+    preset, ds_path = machine_defaults(preset, ds_config)
     ds_raw = load_ds_config(ds_path)
     if precision != "config":
         ds_raw = {**ds_raw, "bf16": {"enabled": precision == "bf16"}}
@@ -54,6 +73,12 @@ def bench_train(preset: str = "base", ds_config=None, batch: int | None = None, 
         torch.manual_seed(0)
         model = Transcriber(model_cfg)
         fig["params"] = model.num_params()
+        optim_params = ds.get("optimizer", {}).get("params", {})
+        compiles = ds.get("optimizer", {}).get("type", "").lower().startswith("adam") and \
+            not optim_params.get("torch_adam", False)
+        _say(f"checkpointing {setting}: building the DeepSpeed engine ({preset}, {ds_path.name}, micro-batch {B})"
+             + ("; its fused/CPU Adam op may be JIT-compiled first, about a minute once per machine" if compiles
+                else ""))
         engine, optimizer, _, _ = deepspeed.initialize(model=model, config=ds,
                                                        model_parameters=param_groups(model, 0.01))
         device = engine.device
@@ -77,12 +102,16 @@ def bench_train(preset: str = "base", ds_config=None, batch: int | None = None, 
             engine.backward(loss)
             engine.step()
 
-        for _ in range(warmup):
+        t_start = time.perf_counter()
+        for i in range(warmup):
             step()
+            _say(f"checkpointing {setting}: warm-up step {i + 1}/{warmup} ({time.perf_counter() - t_start:.1f} s)")
         sync()
         t0 = time.perf_counter()
-        for _ in range(steps):
+        for i in range(steps):
             step()
+            if device.type != "cuda" or i + 1 == steps:  # a GPU step is milliseconds: no line each, no sync each
+                _say(f"checkpointing {setting}: timed step {i + 1}/{steps} ({time.perf_counter() - t0:.1f} s)")
         sync()
         dt = (time.perf_counter() - t0) / steps
         key = f"ckpt_{setting}"
@@ -103,7 +132,7 @@ def bench_train(preset: str = "base", ds_config=None, batch: int | None = None, 
     return fig
 
 
-def bench_train_ranks(ranks: tuple[int, ...], preset: str = "base", ds_config=None, batch: int | None = None,
+def bench_train_ranks(ranks: tuple[int, ...], preset: str | None = None, ds_config=None, batch: int | None = None,
                       tokens: int = 1024, steps: int = 10, precision: str = "config",
                       checkpointing: tuple[str, ...] = ("off",)) -> dict:
     """`bench_train` at several data-parallel world sizes: one `deepspeed --num_gpus R` launch per R (gloo ranks on
@@ -119,6 +148,7 @@ def bench_train_ranks(ranks: tuple[int, ...], preset: str = "base", ds_config=No
     from ..errors import UserError
     from ..train.engine import _free_port
 
+    preset, ds_config = machine_defaults(preset, ds_config)
     launcher = shutil.which("deepspeed")
     if launcher is None:
         raise UserError("deepspeed: launcher not found on PATH (pip install deepspeed)")
@@ -127,7 +157,7 @@ def bench_train_ranks(ranks: tuple[int, ...], preset: str = "base", ds_config=No
     runs = {}
     for r in ranks:
         if on_gpu and r > torch.cuda.device_count():
-            raise UserError(f"--ranks {r}: only {torch.cuda.device_count()} GPUs here")
+            raise UserError(f"--ranks {r}: only {torch.cuda.device_count()} GPUs here", exit_code=2)
         args = [launcher, "--num_gpus", str(r), "--master_port", str(_free_port()), "--no_local_rank", "--module",
                 "mt3ds", "bench", "train", "--json", "--ranks", str(r), "--preset", preset, "--tokens", str(tokens),
                 "--steps", str(steps), "--precision", precision, "--checkpointing", ",".join(checkpointing)]
@@ -140,7 +170,9 @@ def bench_train_ranks(ranks: tuple[int, ...], preset: str = "base", ds_config=No
         env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2]) + os.pathsep + env.get("PYTHONPATH", "")
         if not on_gpu:
             env["OMP_NUM_THREADS"] = str(max(1, cores // r))
-        done = subprocess.run(args, capture_output=True, text=True, env=env)
+        _say(f"launching {r} rank(s)")
+        # stderr passes through: the ranks' progress lines show while they run
+        done = subprocess.run(args, stdout=subprocess.PIPE, text=True, env=env)
         figures = None
         for line in done.stdout.splitlines():
             if line.startswith("{"):
@@ -149,9 +181,9 @@ def bench_train_ranks(ranks: tuple[int, ...], preset: str = "base", ds_config=No
                 except json.JSONDecodeError:
                     continue
         if done.returncode != 0 or figures is None:
-            tail = (done.stderr.strip() or done.stdout.strip()).splitlines()
+            tail = done.stdout.strip().splitlines()
             raise UserError(f"bench train --ranks {r}: the launch failed (exit {done.returncode}): "
-                            f"{tail[-1] if tail else 'no output'}")
+                            f"{tail[-1] if tail else 'see its output above'}")
         runs[str(r)] = figures
     base = ranks[0]
     out = {"ranks": list(ranks), "runs": runs, "cores": cores, "load_average_1min": os.getloadavg()[0]}

@@ -1,6 +1,6 @@
 """`mt3ds bench transcribe`: real-time factor (seconds of compute per second of audio) of `mt3ds transcribe` on a
 generated 60 s recording for each reading the model can do (frames: the note heads alone; hybrid; tokens: decoded
-with the KV cache, also with batches of one chunk and without the cache; frames with int8 linear layers); when
+with the KV cache at transcribe's default batch (32 chunks on the CPU, 64 on a GPU), also with batches of one chunk and without the cache; frames with int8 linear layers); when
 basic-pitch is installed, its real-time factor on the same file in the same run; with --long-minutes, the peak
 memory of transcribing a long file in a fresh process.
 
@@ -37,6 +37,19 @@ def render_test_file(path: Path, seconds: float, sample_rate: int = 44100, seed:
         x[a:b] += (vel / 127) * np.exp(-3 * tt) * sum(np.sin(2 * np.pi * f * k * tt) / k for k in (1, 2, 3))
     x /= max(1e-9, np.abs(x).max()) * 1.25
     sf.write(path, np.stack([x, x], 1).astype(np.float32), sample_rate)
+
+
+BASIC_PITCH_HINT = ("pip install --no-deps basic-pitch==0.4.0 && pip install onnxruntime pretty_midi "
+                    "'resampy<0.4.3,>=0.2.2' scikit-learn 'setuptools<81' (README.md, Benchmarks)")
+
+
+def note_missing_basic_pitch(command: str) -> None:
+    """Say before the work, not after it, that the basic-pitch comparison will be empty (an optional peer)."""
+    import importlib.util
+
+    if importlib.util.find_spec("basic_pitch") is None:
+        print(f"{command}: basic-pitch is not installed, so its figures will be null; for them: {BASIC_PITCH_HINT}",
+              file=sys.stderr, flush=True)
 
 
 def _basic_pitch_rtf(path: Path, seconds: float, warm: Path) -> float | None:
@@ -77,6 +90,7 @@ def bench_transcribe(model=None, seconds: float = 60.0, uncached_chunks: int = 2
     from ..data.audio import chunk, load_audio, prepare
     from ..transcribe import NOTE_SOURCES, Pipeline
 
+    note_missing_basic_pitch("bench transcribe")
     pipeline = Pipeline(model, device)
     cfg = pipeline.audio_cfg
     readings = [r for r in NOTE_SOURCES if r == "tokens" or (r == "frames" and pipeline.has_heads)
