@@ -243,7 +243,8 @@ def test_bench_quality_scores_a_split_with_and_without_instruments(tmp_path, mod
     assert fig["mt3ds_rtf"] > 0 and fig["basic_pitch_rtf"] is None
 
 
-@pytest.mark.parametrize("option,value", [("--onset-threshold", "1.5"), ("--frame-threshold", "0")])
+@pytest.mark.parametrize("option,value", [("--onset-threshold", "1.5"), ("--frame-threshold", "0"),
+                                          ("--drum-threshold", "-0.2")])
 def test_thresholds_must_be_probabilities(tmp_path, model_path, capsys, option, value):
     src = tmp_path / "a.wav"
     sf.write(src, tones(0.5), SR)
@@ -294,3 +295,12 @@ def test_progress_bar_starts_with_its_total(tmp_path, model_path, capsys):
     first = err.replace("\r", "\n").strip().splitlines()[0]
     assert "0chunk" not in err and "/3 [" in first, err
 
+
+
+def test_min_gap_out_of_range_is_a_usage_error(tmp_path, model_path, capsys):
+    src = tmp_path / "a.wav"
+    sf.write(src, tones(0.5), SR)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["transcribe", str(src), "-o", str(tmp_path / "a.mid"), "--model", str(model_path), "--min-gap", "5"])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and "--min-gap must be between 0 and 1 second" in err and len(err.splitlines()) == 1
