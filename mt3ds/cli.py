@@ -502,14 +502,16 @@ def bench_quality(model, dataset, root, files, readings, quantize, split, limit,
 
 
 @bench.command("reading")
-@click.option("--model", type=click.Path(dir_okay=False), default=None, help="Exported model (default: bundled).")
+@click.option("--model", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Exported model (default: bundled).")
 @click.option("--dataset", type=click.Choice(["maestro", "slakh", "slakh_stems", "pairs"]), required=True,
-              help="A published layout, or pairs: audio files with a same-named .mid beside them (--files).")
-@click.option("--root", type=click.Path(), required=True, multiple=True,
-              help="The dataset's folder; repeat to pool several (all of the same --dataset).")
+              multiple=True, help="A published layout, or pairs: audio files with a same-named .mid beside them "
+                                  "(--files). Repeat with --root to pool several sources.")
+@click.option("--root", type=click.Path(exists=True, file_okay=False), required=True, multiple=True,
+              help="The dataset's folder, one per --dataset, in the same order.")
 @click.option("--split", default="validation", show_default=True, help="Never the test split.")
 @click.option("--files", default="**/*", show_default=True, help="pairs: which audio files under --root (a glob).")
-@click.option("--limit", type=int, default=None, help="Use only the first N tracks of each root.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N tracks of each root.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Write the chosen settings as JSON (for `mt3ds export --reading`).")
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
@@ -523,7 +525,10 @@ def bench_reading_command(model, dataset, root, split, files, limit, out, device
     if split == "test":
         raise click.BadParameter("choose reading settings on validation data, not on the test split",
                                  param_hint="--split")
-    tracks = [t[:3] for r in root for t in load_tracks(dataset, r, split, files, limit)]
+    if len(dataset) != len(root):
+        raise click.BadParameter(f"{len(dataset)} --dataset for {len(root)} --root: give one of each per source",
+                                 param_hint="--root")
+    tracks = [t[:3] for d, r in zip(dataset, root) for t in load_tracks(d, r, split, files, limit)]
     figures = bench_reading(model, tracks, device)
     if out is not None:
         write_text_atomic(Path(out), json.dumps(figures, indent=1) + "\n")

@@ -6,7 +6,8 @@ F1; frame and offset thresholds for onset+offset F1; the drum threshold for drum
 prior and the smallest track for multi-instrument F1. Use validation splits and recordings only, never test data:
 the chosen settings are what `mt3ds export --reading` stores as the model's defaults.
 
-    mt3ds bench reading --model m.safetensors --dataset slakh --root data/world --split validation --out reading.json
+    mt3ds bench reading --model m.safetensors --dataset slakh --root data/world --dataset pairs --root real \
+        --files "*/mix.flac" --out reading.json
 """
 from __future__ import annotations
 
