@@ -196,8 +196,16 @@ def test_heads_loss_trains_without_the_decoder(front_end, time_pool):
     loss.backward()
     assert not called and "token_loss" not in metrics and metrics["heads_loss"] > 0
     assert model.note_heads.proj.weight.grad is not None
-    probs = model.head_probs(model.encode(torch.randn(1, FRAMES, 512)), FRAMES)
-    assert probs["onset"].shape == (1, FRAMES, GROUPS, N_KEYS) and probs["drums"].shape == (1, FRAMES, 9)
+    model.eval()
+    memory = model.encode(torch.randn(1, FRAMES, 512))
+    probs = model.head_probs(memory, FRAMES)  # only what the reading uses: group 0 of onset and offset
+    assert probs["onset"].shape == probs["offset"].shape == (1, FRAMES, 1, N_KEYS)
+    assert probs["frame"].shape == (1, FRAMES, GROUPS, N_KEYS) and probs["drums"].shape == (1, FRAMES, 9)
+    full = model.note_heads(memory, FRAMES)
+    for name in ("onset", "offset"):
+        torch.testing.assert_close(probs[name], torch.sigmoid(full[name][:, :, :1]))
+    for name in ("frame", "drums", "programs"):
+        torch.testing.assert_close(probs[name], torch.sigmoid(full[name]))
 
 
 def test_frames_reading_never_calls_the_decoder(tmp_path, monkeypatch):

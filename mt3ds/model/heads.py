@@ -71,6 +71,11 @@ def pool_time(x: torch.Tensor, p: int) -> torch.Tensor:
     return x.view(B, -1, p, D).mean(2)
 
 
+# what the reading (tokens/rolls.py) uses: the class-agnostic onset and offset rolls (group 0), every frame roll,
+# drums and programs; the class onset and offset rolls only train the encoder
+READ_GROUPS = {"onset": 1, "frame": GROUPS, "offset": 1, "drums": None, "programs": None}
+
+
 class NoteHeads(nn.Module):
     """Memory (B, S / p, d_model) -> logits fp32 per head, each (B, S, ...) at the full frame rate."""
 
@@ -79,15 +84,38 @@ class NoteHeads(nn.Module):
         self.pool = cfg.time_pool
         self.width = sum(HEAD_SIZES.values())
         self.proj = nn.Linear(cfg.d_model, self.pool * self.width)
+        self.register_buffer("read_rows", self._read_rows(), persistent=False)
 
-    def forward(self, memory: torch.Tensor, frames: int) -> dict[str, torch.Tensor]:
-        B = memory.shape[0]
-        out = self.proj(memory).float().view(B, -1, self.width)[:, :frames]  # (B, S, width): p sub-frames each
-        heads, start = {}, 0
+    def _read_rows(self) -> torch.Tensor:
+        """Rows of proj that the reading needs, for every sub-frame (READ_GROUPS): 1,457 of 3,569 per sub-frame."""
+        cols, start = [], 0
         for name, size in HEAD_SIZES.items():
-            part = out[..., start:start + size]
-            heads[name] = part.reshape(B, frames, GROUPS, N_KEYS) if name in ROLLS else part
+            keep = size if READ_GROUPS[name] is None else READ_GROUPS[name] * N_KEYS  # groups come first
+            cols.append(torch.arange(start, start + keep))
             start += size
+        cols = torch.cat(cols)
+        return torch.cat([j * self.width + cols for j in range(self.pool)])
+
+    def forward(self, memory: torch.Tensor, frames: int, reading: bool = False) -> dict[str, torch.Tensor]:
+        """All heads (training); with reading, only what the reading uses (onset and offset with group 0 alone):
+        less than half the head's work at inference."""
+        B = memory.shape[0]
+        if reading and isinstance(self.proj, nn.Linear):  # a quantized proj has no weight to slice: full pass
+            rows = self.read_rows
+            out = F.linear(memory, self.proj.weight[rows], self.proj.bias[rows]).float()
+            sizes = {k: (v if READ_GROUPS[k] is None else READ_GROUPS[k] * N_KEYS) for k, v in HEAD_SIZES.items()}
+            groups = {k: READ_GROUPS[k] or GROUPS for k in ROLLS}
+        else:
+            out = self.proj(memory).float()
+            sizes, groups = HEAD_SIZES, dict.fromkeys(ROLLS, GROUPS)
+        out = out.view(B, -1, sum(sizes.values()))[:, :frames]  # (B, S, width): p sub-frames per memory frame
+        heads, start = {}, 0
+        for name, size in sizes.items():
+            part = out[..., start:start + size]
+            heads[name] = part.reshape(B, frames, groups[name], N_KEYS) if name in ROLLS else part
+            start += size
+        if reading:
+            heads = {k: (v[:, :, :READ_GROUPS[k]] if k in ROLLS and READ_GROUPS[k] else v) for k, v in heads.items()}
         return heads
 
 

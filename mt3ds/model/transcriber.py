@@ -166,11 +166,12 @@ class Transcriber(nn.Module):
         return self.frame_head(memory).float().view(*memory.shape[:2], 2, N_KEYS)  # (B, S, onset|active, N_KEYS)
 
     def head_probs(self, memory: torch.Tensor, frames: int) -> dict[str, torch.Tensor]:
-        """Note heads on the encoder's memory -> probabilities fp32: onset, frame, offset (B, frames, GROUPS,
-        N_KEYS), drums (B, frames, N_DRUM_CLASSES), programs (B, frames, 128) (mt3ds/tokens/rolls.py reads them)."""
+        """Note heads on the encoder's memory -> what the reading (mt3ds/tokens/rolls.py) uses, as probabilities
+        fp32: onset and offset (B, frames, 1, N_KEYS) (group 0), frame (B, frames, GROUPS, N_KEYS), drums (B, frames,
+        N_DRUM_CLASSES), programs (B, frames, 128)."""
         if self.note_heads is None:
             raise ValueError("this model has no note heads (note_heads)")
-        return {name: torch.sigmoid(x) for name, x in self.note_heads(memory, frames).items()}
+        return {name: torch.sigmoid(x) for name, x in self.note_heads(memory, frames, reading=True).items()}
 
     def frame_probs(self, memory: torch.Tensor) -> torch.Tensor:
         """Aux frame head on the encoder's memory -> roll probabilities fp32 (B, S, 2, N_KEYS): onset, active."""

@@ -395,8 +395,9 @@ class RollReader:
         self.program_votes = np.zeros((N_CLASSES, N_PROGRAMS), np.float64)
 
     def add(self, probs: dict) -> None:
-        """probs: the heads' probabilities of consecutive chunks, numpy, onset/frame/offset [chunks, frames, GROUPS,
-        N_KEYS], drums [chunks, frames, N_DRUM_CLASSES], programs [chunks, frames, 128]."""
+        """probs: the heads' probabilities of consecutive chunks, numpy: onset and offset [chunks, frames, G, N_KEYS]
+        (only group 0 is read, so G may be 1), frame [chunks, frames, GROUPS, N_KEYS], drums [chunks, frames,
+        N_DRUM_CLASSES], programs [chunks, frames, 128]."""
         import numpy as np
 
         def flat(a):
