@@ -251,3 +251,21 @@ def test_bench_reading_chooses_settings_no_worse_than_the_models(tmp_path):
         main(["bench", "reading", "--model", str(path), "--dataset", "slakh", "--root", str(tmp_path / "slakh"),
               "--split", "test"])
     assert exit_info.value.code == 2
+
+
+def test_note_heads_start_from_a_trained_aux_frame_head():
+    from mt3ds.model.heads import from_frame_head
+
+    torch.manual_seed(0)
+    old = Transcriber(ModelConfig.preset("tiny", aux_frame_loss=True)).eval()
+    new = Transcriber(ModelConfig.preset("tiny", note_heads=True, time_pool=2)).eval()
+    state = {k: v for k, v in old.state_dict().items() if k in new.state_dict()}
+    state["note_heads.proj.weight"], state["note_heads.proj.bias"] = from_frame_head(
+        old.frame_head.weight, old.frame_head.bias, new.note_heads)
+    new.load_state_dict(state, strict=False)
+    memory = torch.randn(1, 8, 64)  # the same memory frame for both sub-frames of the pooled model
+    old_probs = torch.sigmoid(old._roll_logits(memory.repeat_interleave(2, 1)))
+    full = new.note_heads(memory, 16)
+    for g in (0, 5):
+        torch.testing.assert_close(torch.sigmoid(full["onset"][:, :, g]), old_probs[:, :, 0])
+        torch.testing.assert_close(torch.sigmoid(full["frame"][:, :, g]), old_probs[:, :, 1])

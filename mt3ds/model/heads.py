@@ -151,3 +151,21 @@ def bce(logits: torch.Tensor, target: torch.Tensor, pos_weight: float | None) ->
         pos = target.sum()
         weight = ((target.numel() - pos) / pos.clamp(min=1)).sqrt().clamp(min=1.0)
     return F.binary_cross_entropy_with_logits(logits, target, pos_weight=weight)
+
+
+def from_frame_head(frame_weight: torch.Tensor, frame_bias: torch.Tensor, heads: NoteHeads
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The note heads' (weight, bias), starting from a trained aux frame head's (2 * N_KEYS rows: onset, active):
+    every group's onset rows (group 0 and each class) from its onset rows, every frame roll from its active rows, in
+    every sub-frame; offsets, drums and programs keep their fresh rows. The classes then start as "any instrument"
+    and specialize, instead of learning note timing from nothing."""
+    weight, bias = heads.proj.weight.detach().clone(), heads.proj.bias.detach().clone()
+    onset_w, active_w = frame_weight[:N_KEYS], frame_weight[N_KEYS:]
+    onset_b, active_b = frame_bias[:N_KEYS], frame_bias[N_KEYS:]
+    for j in range(heads.pool):
+        base = j * heads.width
+        for g in range(GROUPS):
+            for start, (w, b) in ((0, (onset_w, onset_b)), (GROUPS * N_KEYS, (active_w, active_b))):
+                rows = slice(base + start + g * N_KEYS, base + start + (g + 1) * N_KEYS)
+                weight[rows], bias[rows] = w, b
+    return weight, bias

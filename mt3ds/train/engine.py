@@ -401,9 +401,18 @@ def _read_init_weights(path) -> dict[str, torch.Tensor]:
 
 
 def _matching(model: torch.nn.Module, weights: dict, path, rank: int) -> dict:
-    """init_partial: the tensors of `weights` whose name and shape match the model's; prints what was left."""
+    """init_partial: the tensors of `weights` whose name and shape match the model's; prints what was left. New note
+    heads start from an init model's aux frame head when it has one (model/heads.py from_frame_head)."""
     own = model.state_dict()
     kept = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
+    if (getattr(model, "note_heads", None) is not None and "note_heads.proj.weight" not in kept
+            and "frame_head.weight" in weights):
+        from ..model.heads import from_frame_head
+
+        kept["note_heads.proj.weight"], kept["note_heads.proj.bias"] = from_frame_head(
+            weights["frame_head.weight"], weights["frame_head.bias"], model.note_heads)
+        if rank == 0:
+            print(f"mt3ds train: note heads' onset and frame rolls start from {path}'s aux frame head", flush=True)
     fresh = sorted(set(own) - set(kept))
     dropped = sorted(set(weights) - set(kept))
     if rank == 0:
