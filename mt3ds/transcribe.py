@@ -214,7 +214,7 @@ class Pipeline:
         source = notes_from or ("hybrid" if with_rolls else "tokens")
         batch_size = batch_size or self.default_batch()
         search = Search(beam_size=beam, use_cache=use_cache)  # the grammar keeps every chunk well formed
-        tokens, rolls, reader = [], [], RollReader() if source == "frames" else None
+        tokens, rolls, reader = [], [], RollReader(programs) if source == "frames" else None
         frames = self.feature_cfg.frames
         for start in range(0, len(chunks), batch_size):
             audio = torch.from_numpy(np.ascontiguousarray(chunks[start:start + batch_size])).to(self.device)

@@ -269,3 +269,25 @@ def test_note_heads_start_from_a_trained_aux_frame_head():
     for g in (0, 5):
         torch.testing.assert_close(torch.sigmoid(full["onset"][:, :, g]), old_probs[:, :, 0])
         torch.testing.assert_close(torch.sigmoid(full["frame"][:, :, g]), old_probs[:, :, 1])
+
+
+def test_two_listed_programs_of_one_class_split_its_notes():
+    """--instruments violin,cello (both strings): each strings note takes the listed program its frames favour,
+    instead of all collapsing onto one."""
+    n = 40
+    probs = {"onset": np.zeros((1, n, 1, N_KEYS), np.float32), "frame": np.zeros((1, n, GROUPS, N_KEYS), np.float32),
+             "offset": np.zeros((1, n, 1, N_KEYS), np.float32), "drums": np.zeros((1, n, N_DRUM_CLASSES)),
+             "programs": np.zeros((1, n, 128), np.float32)}
+    strings = 1 + class_of_program(40)
+    for t, key, program in ((2, 50, 40), (12, 30, 42), (22, 52, 40), (32, 28, 42)):
+        probs["onset"][0, t, 0, key] = 0.9
+        probs["frame"][0, t:t + 5, [0, strings], key] = 0.9
+        probs["programs"][0, t:t + 5, program] = 0.8
+        probs["programs"][0, t:t + 5, 82 - program] = 0.3  # the other one, weaker
+    reader = RollReader([40, 42])
+    reader.add(probs)
+    notes = read_heads(reader.rolls(), FRAME, ReadSettings(min_track_notes=0), [40, 42])
+    assert notes.program.tolist() == [40, 42, 40, 42]
+    unhinted = RollReader()
+    unhinted.add(probs)
+    assert len(set(read_heads(unhinted.rolls(), FRAME, ReadSettings(min_track_notes=0)).program.tolist())) == 1

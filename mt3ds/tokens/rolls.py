@@ -23,7 +23,8 @@ file's notes, repeated until stable (one instrument whose evidence flickers betw
 dominant one; choose_classes), classes with
 fewer than `min_track_notes` notes give their notes to the next best class, and each class takes the one program its
 frames vote for over the whole file: one instrument, one track. `--instruments` masks the classes and programs it
-does not list (drums included).
+does not list (drums included); two listed programs of one class (violin and cello) split that class's notes by
+their program probabilities over each note.
 
 Memory for long files: the class-agnostic rolls are kept as float16 (3 x 88 per frame, 160 MB per hour); of the
 class rolls only the frames where some note sounds are kept (ClassEvidence); programs are summed as they come.
@@ -382,17 +383,22 @@ class HeadRolls:
     program_votes: np.ndarray
     """float64 [N_CLASSES, 128]: per class, program probabilities summed over frames weighted by the class's
     strongest frame probability in that frame."""
+    hinted: tuple[int, ...] = ()
+    """The --instruments pitched programs whose per-frame probabilities were kept (hinted_probs)."""
+    hinted_probs: np.ndarray | None = None
+    """float16 [frames, len(hinted)]: so two listed programs of one class (violin and cello) split its notes."""
 
 
 class RollReader:
     """Collects the heads' probabilities chunk batch by chunk batch, then reads the whole file (read())."""
 
-    def __init__(self):
+    def __init__(self, hint: list[int] | None = None):
         import numpy as np
 
-        self._parts = {"onset": [], "frame": [], "offset": [], "drums": []}
+        self._parts = {"onset": [], "frame": [], "offset": [], "drums": [], "hinted": []}
         self.evidence = ClassEvidence()
         self.program_votes = np.zeros((N_CLASSES, N_PROGRAMS), np.float64)
+        self.hinted = tuple(p for p in (hint or []) if p != vocab.DRUM_PROGRAM)
 
     def add(self, probs: dict) -> None:
         """probs: the heads' probabilities of consecutive chunks, numpy: onset and offset [chunks, frames, G, N_KEYS]
@@ -410,7 +416,10 @@ class RollReader:
         self._parts["drums"].append(flat(probs["drums"]).astype(np.float16))
         self.evidence.add(frame[:, 0], frame[:, 1:])
         class_activity = frame[:, 1:].max(axis=2).astype(np.float64)  # [frames, N_CLASSES]
-        self.program_votes += class_activity.T @ flat(probs["programs"]).astype(np.float64)
+        programs = flat(probs["programs"])
+        self.program_votes += class_activity.T @ programs.astype(np.float64)
+        if self.hinted:
+            self._parts["hinted"].append(programs[:, list(self.hinted)].astype(np.float16))
 
     def rolls(self) -> HeadRolls:
         import numpy as np
@@ -420,7 +429,28 @@ class RollReader:
             return np.concatenate(parts) if parts else np.zeros((0, width), np.float16)
 
         return HeadRolls(cat("onset", N_KEYS), cat("frame", N_KEYS), cat("offset", N_KEYS),
-                         cat("drums", N_DRUM_CLASSES), self.evidence, self.program_votes)
+                         cat("drums", N_DRUM_CLASSES), self.evidence, self.program_votes, self.hinted,
+                         cat("hinted", len(self.hinted)) if self.hinted else None)
+
+
+def _split_hinted(chosen: np.ndarray, classes: np.ndarray, start: np.ndarray, end: np.ndarray, rolls: HeadRolls
+                  ) -> np.ndarray:
+    """Where --instruments lists several programs of one class, each of that class's notes takes the listed
+    program with the highest mean probability over the note's frames."""
+    import numpy as np
+
+    hinted = np.asarray(rolls.hinted)
+    hinted_class = np.asarray(PROGRAM_CLASS)[hinted]
+    csum = np.concatenate([np.zeros((1, len(hinted))), np.cumsum(rolls.hinted_probs, 0, dtype=np.float64)])
+    chosen = chosen.copy()
+    for c in np.unique(hinted_class):
+        cols = np.flatnonzero(hinted_class == c)
+        sel = np.flatnonzero(classes == c)
+        if len(cols) < 2 or not len(sel):
+            continue
+        mass = csum[end[sel]][:, cols] - csum[start[sel]][:, cols]  # [notes, listed programs of the class]
+        chosen[sel] = hinted[cols[np.argmax(mass, axis=1)]]
+    return chosen
 
 
 def read_heads(rolls: HeadRolls, seconds: float, settings: ReadSettings = ReadSettings(),
@@ -443,8 +473,10 @@ def read_heads(rolls: HeadRolls, seconds: float, settings: ReadSettings = ReadSe
     else:
         evidence = rolls.evidence.per_note(start, end, notes.pitch - LOWEST_PITCH)
         classes = choose_classes(evidence, settings, allowed)
-        chosen = choose_programs(rolls.program_votes, programs)
-        notes = Notes(notes.onset, notes.offset, notes.pitch, notes.velocity, chosen[classes])
+        chosen = choose_programs(rolls.program_votes, programs)[classes]
+        if rolls.hinted_probs is not None:
+            chosen = _split_hinted(chosen, classes, start, end, rolls)
+        notes = Notes(notes.onset, notes.offset, notes.pitch, notes.velocity, chosen)
     parts = [notes]
     if programs is None or vocab.DRUM_PROGRAM in programs:
         parts.append(drum_notes(rolls.drums, seconds, settings))
