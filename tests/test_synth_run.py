@@ -64,3 +64,15 @@ def test_bad_split_options_are_one_line_errors(tmp_path, two_banks):
         _options(tmp_path / "b", two_banks, songs=1.5)
     with pytest.raises(UserError, match="slakh layout only"):
         _options(tmp_path / "c", two_banks, layout="maestro")
+
+
+def test_small_hours_still_give_every_split_a_track_and_grow_in_place(tmp_path, two_banks):
+    out = tmp_path / "small"
+    small = run_synth(_options(out, two_banks, hours=5 / 3600))  # one 12 s song would do: all of it is train
+    assert min(small["splits"].values()) >= 1, small["splits"]
+    assert sum(small["splits"].values()) == small["tracks"] == small["rendered_now"]
+    first = _hashes(out)
+    larger = run_synth(_options(out, two_banks, hours=120 / 3600))  # the same folder, more hours: no delete
+    assert larger["already_there"] == small["tracks"] and larger["tracks"] > small["tracks"]
+    after = _hashes(out)
+    assert {k: after[k] for k in first} == first  # the small run's tracks are the larger plan's, untouched
