@@ -441,3 +441,32 @@ def test_validation_of_a_model_with_the_frame_head_scores_the_hybrid_notes(tmp_p
     assert val["decoded"] == 2
     for name in ("onset", "onset_offset", "multi_full"):
         assert 0.0 <= val[f"frames_{name}_f1"] <= 1.0 and 0.0 <= val[f"{name}_f1"] <= 1.0
+
+
+def test_deepspeed_lines_below_error_are_left_out(monkeypatch):
+    import logging
+
+    from mt3ds.train.engine import DEEPSPEED_LOG_ENV, quiet_deepspeed_logs
+
+    logger, seen = logging.getLogger("DeepSpeed"), []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.levelname)
+    saved = (logger.level, list(logger.filters))
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        quiet_deepspeed_logs()
+        for level in ("info", "warning", "error"):
+            getattr(logger, level)("x")
+        assert seen == ["ERROR"]
+        monkeypatch.setenv(DEEPSPEED_LOG_ENV, "info")
+        quiet_deepspeed_logs()  # replaces the filter, does not add a second
+        logger.info("x")
+        assert seen == ["ERROR", "INFO"]
+        monkeypatch.setenv(DEEPSPEED_LOG_ENV, "loud")
+        with pytest.raises(UserError, match="MT3DS_DEEPSPEED_LOG=loud"):
+            quiet_deepspeed_logs()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.filters[:] = saved[1]

@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import socket
@@ -81,6 +82,33 @@ def dist_timeout_seconds() -> float:
     return value
 
 
+# DeepSpeed logs INFO and WARNING lines to stdout on every run (the CPU accelerator fallback, the scheduler read before
+# its first step, its config): the lowest level of its lines that are shown, errors always; "info" shows them all.
+DEEPSPEED_LOG_ENV = "MT3DS_DEEPSPEED_LOG"
+_LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+class _AtLeast(logging.Filter):
+    def __init__(self, level: int):
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= self.level
+
+
+def quiet_deepspeed_logs() -> None:
+    """Show DeepSpeed's log lines from MT3DS_DEEPSPEED_LOG's level up (default error). A filter on its logger, set
+    before deepspeed is imported: deepspeed sets its logger's level when imported and logs during the import."""
+    text = os.environ.get(DEEPSPEED_LOG_ENV, "error")
+    if text.lower() not in _LOG_LEVELS:
+        raise UserError(f"{DEEPSPEED_LOG_ENV}={text}: expected one of {', '.join(_LOG_LEVELS)}")
+    logger = logging.getLogger("DeepSpeed")
+    for f in [f for f in logger.filters if isinstance(f, _AtLeast)]:
+        logger.removeFilter(f)
+    logger.addFilter(_AtLeast(_LOG_LEVELS[text.lower()]))
+
+
 def init_distributed() -> tuple[int, int, int]:
     """Start torch.distributed through DeepSpeed: nccl on GPUs, gloo on CPU. Without the launcher (plain `python
     bin/train.py`) the environment of one process is filled in first. Returns (rank, local rank, world size)."""
@@ -94,6 +122,7 @@ def init_distributed() -> tuple[int, int, int]:
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))  # a fixed port would clash with a run beside this
     os.environ.setdefault("LOCAL_RANK", "0")
+    quiet_deepspeed_logs()
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
