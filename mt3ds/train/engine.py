@@ -225,6 +225,8 @@ class RunInputs:
     """That checkpoint's state.json."""
     init_meta: dict | None = None
     """The metadata of the init_from model (a new run with init_from only)."""
+    finished: bool = False
+    """The run to resume already reached cfg.steps: nothing to train (the command run again, say)."""
 
 
 def check_inputs(cfg: TrainConfig) -> RunInputs:
@@ -247,10 +249,8 @@ def check_inputs(cfg: TrainConfig) -> RunInputs:
         diff = ckpt.model_config_differences(state.get("model_config", {}), ours)
         if diff:
             raise UserError(f"{resume}: checkpoint of another model config ({'; '.join(diff)}); use another run_dir")
-        if state.get("step", 0) >= cfg.steps:
-            raise UserError(f"{resume}: the run already reached step {state['step']} of steps: {cfg.steps}; raise "
-                            f"steps to train on (the cosine schedule then stretches to the new end)")
         inputs.resume_dir, inputs.resume_state = resume, state
+        inputs.finished = state.get("step", 0) >= cfg.steps
     elif cfg.init_from:
         from ..model.io import read_meta
 
@@ -662,6 +662,12 @@ def validate_and_checkpoint(run: Run, last: bool) -> None:
 def train(cfg: TrainConfig, ds_config: dict, ds_path: str = "ds_config") -> dict:
     """Run (or resume) training to cfg.steps; returns the final RunState as a dict, with the last learning rate."""
     inputs = check_inputs(cfg)  # before DeepSpeed starts: a mistake costs a second, not a minute
+    if inputs.finished:  # the same command again succeeds without training, as a re-run of shard or synth does
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"mt3ds train: {inputs.resume_dir} already reached step {inputs.resume_state['step']} of steps: "
+                  f"{cfg.steps}; nothing to train (raise steps to train on: the cosine schedule then stretches to "
+                  f"the new end)", flush=True)
+        return {**inputs.resume_state, "last_lr": None}
     run = build_run(cfg, ds_config, ds_path, inputs)
     state, clock = run.state, run.clock
     sums = MetricSums(run.device, clock)
