@@ -19,6 +19,8 @@ run_dir on shared storage); hostfile lines are `HOSTNAME slots=GPUS`:
         bin/train.py --ds_config ds_configs/zero2.json --config configs/base_gpu.yaml
 
 Any training-config key can be overridden on the command line: --set steps=1000 --set optim.lr=1e-3.
+DeepSpeed's own INFO and WARNING lines are left out (its errors are not); MT3DS_DEEPSPEED_LOG=info shows them. The
+deepspeed launcher's lines are its own: `deepspeed -q` leaves out most of them.
 Killed at any moment, the same command resumes from the run folder's latest checkpoint (step, learning-rate
 schedule, optimizer, EMA and RNG states). Export the result with `mt3ds export RUN_DIR -o model.safetensors`.
 A mistake in the inputs is one line on stderr and exit status 1, before any training starts.
@@ -58,7 +60,9 @@ def main(argv=None) -> int:
         overrides = dict(parse_override(o) for o in args.overrides)
         cfg = load_train_config(args.config, overrides)
         ds = load_ds_config(args.ds_config)
-        from mt3ds.train.engine import train
+        from mt3ds.train.engine import quiet_deepspeed_logs, train
+
+        quiet_deepspeed_logs()  # before deepspeed is first imported
 
         train(cfg, ds, args.ds_config)
     except UserError as e:

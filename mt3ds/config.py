@@ -24,7 +24,7 @@ class AudioConfig:
     pre_emphasis: float = 0.97
     """y[n] = x[n] - a x[n-1]; 0 disables."""
     dither: float = 1e-5
-    """TPDF amplitude; the seed derives from the track id."""
+    """TPDF amplitude; the seed derives from the audio's samples (never its name)."""
 
     def __post_init__(self):
         if self.sample_rate <= 0 or self.chunk_samples <= 0:

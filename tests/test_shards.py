@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -197,6 +198,53 @@ def test_rerun_keeps_complete_shards_and_rebuilds_deleted_ones(maestro_root, mae
     with pytest.raises(UserError, match="made from other input or settings") as e:
         S.shard("maestro", maestro_root, out, shard_size="300KB", progress=False)
     assert e.value.exit_code == 2
+
+
+def test_a_refused_rerun_names_what_changed(maestro_root, tmp_path, monkeypatch):
+    root, out = tmp_path / "maestro", tmp_path / "out"
+    shutil.copytree(maestro_root, root)
+    S.shard("maestro", root, out, splits="train", shard_size=SMALL, progress=False)
+    with pytest.raises(UserError, match=r"\(shard_size 200000 -> 300000\); delete"):
+        S.shard("maestro", root, out, splits="train", shard_size="300KB", progress=False)
+    make_maestro(root, [*TRACKS, dict(year=2006, name="epsilon", split="train", seconds=3.0, seed=5)],
+                 sample_rate=22050)  # the same files again, and one track more
+    wav = root / "2004" / "beta.wav"
+    sf.write(str(wav), sf.read(str(wav))[0][:30000], 22050)  # and other audio for one track
+    with pytest.raises(UserError) as e:
+        S.shard("maestro", root, out, splits="train", shard_size=SMALL, progress=False)
+    message = str(e.value)
+    assert "1 track(s) added: 2006/epsilon" in message and "shard_size" not in message
+    assert "1 track(s) changed (record or file size): 2004/beta" in message
+    # an unfinished run is refused the same way
+    shutil.rmtree(out)
+    monkeypatch.setattr(S, "_process_track", lambda job: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        S.shard("maestro", root, out, splits="train", shard_size=SMALL, progress=False)
+    with pytest.raises(UserError, match=r"unfinished run made from other input or settings \(part 1/1 -> 1/2"):
+        S.shard("maestro", root, out, splits="train", shard_size=SMALL, part="1/2", progress=False)
+
+
+def test_same_audio_under_two_names_gives_the_same_samples(tmp_path):
+    twins = [dict(year=2004, name=n, split="train", seconds=3.0, seed=9) for n in ("first_name", "second_name")]
+    [train] = S.shard("maestro", make_maestro(tmp_path / "maestro", twins, sample_rate=16000), tmp_path / "out",
+                      progress=False)
+    audio = {}
+    for s in read_split(tmp_path / "out" / "train"):
+        audio.setdefault(s["__key__"].rsplit("_", 1)[-1], []).append(s["audio.npy"])
+    assert train.manifest.tracks == 2 and audio and all(len(a) == 2 and a[0] == a[1] for a in audio.values())
+
+
+def test_parts_combine_even_when_a_later_part_gets_none_of_a_splits_tracks(maestro_root, maestro_out, tmp_path):
+    # test has one track: part 1 of 2 takes it, part 2 has none; either order of finishing combines both splits
+    for order in (("1/2", "2/2"), ("2/2", "1/2")):
+        out = tmp_path / "-".join(o[0] for o in order)
+        for part in order:
+            S.shard("maestro", maestro_root, out, shard_size=SMALL, part=part, progress=False)
+        for split in ("train", "test"):
+            combined = Manifest.read(out / split / "manifest.json", CFG)
+            whole = Manifest.read(maestro_out / split / "manifest.json", CFG)
+            assert (combined.tracks, combined.samples) == (whole.tracks, whole.samples), (order, split)
+    assert Manifest.read(out / "test" / "manifest.part2of2.json").tracks == 0
 
 
 def test_parts_combine_into_one_manifest(maestro_root, maestro_out, tmp_path):

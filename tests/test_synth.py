@@ -408,3 +408,29 @@ def test_maestro_layout_reads_back_with_the_indexer(tmp_path, cache):
         assert -10.0 <= _global_lag_ms(audio, notes.onset) <= 30.0
         assert rec.split == corpus.split_of(corpus.Work(TRAIN_WORK, "bach", corpus.work_key(TRAIN_WORK))) or \
             rec.split == "test"
+
+
+MUSICXML_WITH_A_BAD_PROGRAM = """<?xml version="1.0" encoding="UTF-8"?>
+<score-partwise version="3.1"><part-list><score-part id="P1"><part-name>Odd</part-name>
+<midi-instrument id="P1-I1"><midi-channel>1</midi-channel><midi-program>300</midi-program></midi-instrument>
+</score-part></part-list><part id="P1"><measure number="1"><attributes><divisions>1</divisions>
+<time><beats>4</beats><beat-type>4</beat-type></time></attributes><note><pitch><step>C</step><octave>4</octave>
+</pitch><duration>4</duration><type>whole</type></note></measure></part></score-partwise>"""
+
+
+def test_musicxml_warnings_stay_out_of_the_output(tmp_path):
+    """music21 warns (MusicXMLWarning) about score details it repairs, here a MIDI program out of range: the work
+    parses, nothing is printed."""
+    import warnings
+
+    src = tmp_path / "odd.musicxml"
+    src.write_text(MUSICXML_WITH_A_BAD_PROGRAM, encoding="utf-8")
+    from music21.musicxml.xmlObjects import MusicXMLWarning
+
+    with pytest.warns(MusicXMLWarning):  # what music21 does on its own with this file
+        music21.converter.parse(str(src), forceSource=True, storePickle=False)
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        meta = corpus._parse_to_cache(src, tmp_path / "odd.mid", tmp_path / "odd.json")
+    assert not [w for w in shown if issubclass(w.category, MusicXMLWarning)]
+    assert (tmp_path / "odd.mid").is_file() and meta["bar_starts"] == [0.0]

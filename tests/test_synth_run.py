@@ -3,6 +3,7 @@ the worker count, and the summary carries the corpus coverage."""
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 
 import pytest
@@ -64,3 +65,17 @@ def test_bad_split_options_are_one_line_errors(tmp_path, two_banks):
         _options(tmp_path / "b", two_banks, songs=1.5)
     with pytest.raises(UserError, match="slakh layout only"):
         _options(tmp_path / "c", two_banks, layout="maestro")
+
+
+def test_small_hours_still_give_every_split_a_track_and_grow_in_place(tmp_path, two_banks, capsys):
+    out = tmp_path / "small"
+    small = run_synth(_options(out, two_banks, hours=5 / 3600, progress=True))  # one 12 s song would do: train
+    assert min(small["splits"].values()) >= 1, small["splits"]
+    bars = capsys.readouterr().err
+    assert re.search(r"planning: 100%\|[^|]*\| 5/5 ", bars), bars  # the bar ends at its total, not past it
+    assert sum(small["splits"].values()) == small["tracks"] == small["rendered_now"]
+    first = _hashes(out)
+    larger = run_synth(_options(out, two_banks, hours=120 / 3600))  # the same folder, more hours: no delete
+    assert larger["already_there"] == small["tracks"] and larger["tracks"] > small["tracks"]
+    after = _hashes(out)
+    assert {k: after[k] for k in first} == first  # the small run's tracks are the larger plan's, untouched

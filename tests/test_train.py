@@ -187,10 +187,22 @@ def test_checkpoint_of_another_model_config_is_refused(finished_run, tmp_path):
     saved["steps"] = 20
     with pytest.raises(UserError, match=r"checkpoint of another model config \(d_model: saved 64, config 32\)"):
         check_inputs(load_train_config(write_yaml(tmp_path / "other.yaml", saved)))
-    with pytest.raises(UserError, match="already reached step 6 of steps: 6"):
-        check_inputs(load_train_config(run_dir / "config.yaml"))
+    again = check_inputs(load_train_config(run_dir / "config.yaml"))  # the same command again: nothing to train
+    assert again.finished and again.resume_state["step"] == 6
+    assert not check_inputs(load_train_config(run_dir / "config.yaml", {"steps": 7})).finished
     with pytest.raises(UserError, match="holds checkpoints .* but resume is false"):
         check_inputs(load_train_config(run_dir / "config.yaml", {"resume": False, "steps": 20}))
+
+
+def test_a_finished_run_run_again_trains_nothing_and_succeeds(finished_run, capsys):
+    from mt3ds.train.engine import train
+
+    run_dir, state = finished_run
+    before = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    again = train(load_train_config(run_dir / "config.yaml"), CPU_DS_CONFIG)
+    assert again["step"] == state["step"] == 6
+    assert "already reached step 6 of steps: 6; nothing to train" in capsys.readouterr().out
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == before
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -483,3 +495,32 @@ def test_a_model_with_note_heads_trains_exports_and_transcribes_without_decoding
                                                model={**model, "front_end": "linear"}))
     with pytest.raises(UserError, match="init_from model of another model config"):
         train(strict, CPU_DS_CONFIG)
+
+
+def test_deepspeed_lines_below_error_are_left_out(monkeypatch):
+    import logging
+
+    from mt3ds.train.engine import DEEPSPEED_LOG_ENV, quiet_deepspeed_logs
+
+    logger, seen = logging.getLogger("DeepSpeed"), []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.levelname)
+    saved = (logger.level, list(logger.filters))
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        quiet_deepspeed_logs()
+        for level in ("info", "warning", "error"):
+            getattr(logger, level)("x")
+        assert seen == ["ERROR"]
+        monkeypatch.setenv(DEEPSPEED_LOG_ENV, "info")
+        quiet_deepspeed_logs()  # replaces the filter, does not add a second
+        logger.info("x")
+        assert seen == ["ERROR", "INFO"]
+        monkeypatch.setenv(DEEPSPEED_LOG_ENV, "loud")
+        with pytest.raises(UserError, match="MT3DS_DEEPSPEED_LOG=loud"):
+            quiet_deepspeed_logs()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.filters[:] = saved[1]

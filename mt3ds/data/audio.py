@@ -4,7 +4,8 @@
     prepare      DC removal -> 2nd-order Butterworth high-pass at 30 Hz, forward-backward (zero phase)
                  -> one whole-track gain: -23 LUFS (BS.1770-4, pyloudnorm) clamped to +-12 dB, lowered further
                     so the 4x-oversampled true peak stays under -1 dBFS
-                 -> pre-emphasis 0.97 -> TPDF dither 1e-5 seeded from the track id
+                 -> pre-emphasis 0.97 -> TPDF dither 1e-5 seeded from the audio itself (so the same audio gives
+                    the same output under any file name or track id)
     chunk        -> [n, 32768], the last chunk zero-padded
 
 Digital silence gets no gain and raises nothing. NaN or infinite samples raise UserError. Tracks shorter than
@@ -115,9 +116,10 @@ def _tp_filter() -> tuple[np.ndarray, float]:
     return h, float(max(np.abs(h[p::_TP_UP]).sum() for p in range(_TP_UP)))
 
 
-def seed_from_key(key: str) -> int:
-    """A stable 64-bit seed from a track id (Python's hash() changes between runs)."""
-    return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "little")
+def seed_from_samples(x: np.ndarray) -> int:
+    """A stable 64-bit seed from float32 samples: their bytes hashed (Python's hash() changes between runs), so the
+    seed follows the audio, never its name."""
+    return int.from_bytes(hashlib.blake2b(np.ascontiguousarray(x, dtype=np.float32), digest_size=8).digest(), "little")
 
 
 def loudness_gain_db(x: np.ndarray, cfg: AudioConfig) -> float:
@@ -197,14 +199,15 @@ def true_peak(x: np.ndarray, above: float = 0.0) -> float:
     return found
 
 
-def prepare(audio: np.ndarray, cfg: AudioConfig, seed_key: str) -> np.ndarray:
+def prepare(audio: np.ndarray, cfg: AudioConfig, name: str = "audio") -> np.ndarray:
     """The chain after decoding (module docstring) on float mono AUDIO at cfg.sample_rate -> float32.
-    SEED_KEY names the audio (a track id or a path) and seeds the dither, so the same input gives the same output."""
+    NAME (a track id or a path) only names the audio in messages: the dither is seeded from the samples it is added
+    to, so the same audio gives the same output whatever it is called."""
     x = np.asarray(audio)
     if x.ndim != 1:
         raise ValueError(f"prepare expects mono audio, got shape {x.shape}")
     if not np.isfinite(x).all():
-        raise UserError(f"{seed_key}: audio contains NaN or infinite samples")
+        raise UserError(f"{name}: audio contains NaN or infinite samples")
     x = x.astype(np.float64)
     x -= x.mean()  # DC removal before the filter so its start-up transient is not a step
     x = highpass_zero_phase(x, cfg.sample_rate, cfg.hp_cutoff_hz)
@@ -220,7 +223,7 @@ def prepare(audio: np.ndarray, cfg: AudioConfig, seed_key: str) -> np.ndarray:
         x[1:] -= cfg.pre_emphasis * x[:-1]  # the right side is a new array, read before the write
     out = x.astype(np.float32)
     if cfg.dither:
-        rng = np.random.default_rng(seed_from_key(seed_key))
+        rng = np.random.default_rng(seed_from_samples(out))
         tpdf = rng.random(len(out), dtype=np.float32)
         tpdf -= rng.random(len(out), dtype=np.float32)  # difference of two uniforms: triangular on (-1, 1)
         out += np.float32(cfg.dither) * tpdf
@@ -243,6 +246,6 @@ def de_emphasis(x: np.ndarray, alpha: float) -> np.ndarray:
     return ss.lfilter([1.0], [1.0, -alpha], np.asarray(x, dtype=np.float64)).astype(np.float32)
 
 
-def load_prepared(path, cfg: AudioConfig, seed_key: str) -> np.ndarray:
+def load_prepared(path, cfg: AudioConfig) -> np.ndarray:
     """load_audio + prepare: a file as the model's training audio (float32, 16 kHz, not chunked)."""
-    return prepare(load_audio(path, cfg.sample_rate), cfg, seed_key)
+    return prepare(load_audio(path, cfg.sample_rate), cfg, str(path))

@@ -301,6 +301,9 @@ class Manifest:
     """In a manifest combined from parts: the part manifests' names; None otherwise (and then not written)."""
     fingerprint: str | None = None
     """The writer's hash of its input and settings (resuming refuses other input); None from the fixtures."""
+    inputs: dict | None = None
+    """What the fingerprint hashes (settings as they are, each track as a digest), so that a refused re-run can
+    name what changed; None from the fixtures, older writers and combined parts (and then not written)."""
     created_by: dict = field(default_factory=dict)
     """What made it: the command and its options (free-form, for people)."""
     format: str = FORMAT
@@ -349,19 +352,21 @@ class Manifest:
              "created_by": dict(self.created_by)}
         if self.parts is not None:
             d["parts"] = list(self.parts)
+        if self.inputs is not None:
+            d["inputs"] = self.inputs
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Manifest":
         """A manifest from its JSON object. Fields that older writers left out (dropped_pitches, part, fingerprint,
-        a shard's bytes and first sample) default; ValueError / KeyError / TypeError when malformed."""
+        inputs, a shard's bytes and first sample) default; ValueError / KeyError / TypeError when malformed."""
         m = cls(dataset=str(d["dataset"]), split=str(d["split"]), audio_config=AudioConfig.from_dict(d["audio_config"]),
                 shards=tuple(ShardEntry.from_dict(e) for e in d["shards"]), tracks=int(d["tracks"]),
                 hours=float(d["hours"]), truncated_chunks=int(d["truncated_chunks"]),
                 dropped_pitches=int(d.get("dropped_pitches", 0)),
                 skipped=tuple(Skipped(str(s["path"]), str(s["reason"])) for s in d["skipped"]),
                 part=d.get("part"), parts=None if d.get("parts") is None else tuple(map(str, d["parts"])),
-                fingerprint=d.get("fingerprint"), created_by=dict(d.get("created_by") or {}),
+                fingerprint=d.get("fingerprint"), inputs=d.get("inputs"), created_by=dict(d.get("created_by") or {}),
                 format=str(d["format"]), vocab_version=str(d["vocab_version"]),
                 audio_version=str(d["audio_version"]), time_encoding=str(d["time_encoding"]),
                 code_version=str(d["code_version"]))

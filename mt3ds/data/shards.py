@@ -16,11 +16,13 @@ How a run goes, per split:
 
 Resume: re-running the same command keeps the finished shards and the finished tracks of `.work/`, and goes on
 from the end of the last finished shard. A shard deleted later is rebuilt from its place in the manifest (and
-must come out byte-identical). Input or settings that changed since (the manifest's fingerprint) are refused.
+must come out byte-identical). Input or settings that changed since (the manifest's fingerprint) are refused, naming
+what changed (the manifest records the fingerprint's inputs: settings, and a digest per track).
 
 Parts (`--part i/N`, N machines, one dataset): part i writes `shard-part{i}of{N}-NNNNNN.tar` and
-`manifest.part{i}of{N}.json` into the same split folder. Whenever a part finishes and all N part manifests are
-present, `manifest.json` is written combining them: shard lists in part order, counts summed. With the parts on
+`manifest.part{i}of{N}.json` into the same split folder, for every split the dataset has (an empty one when the
+part gets none of the split's tracks). Whenever a part finishes and all N part manifests are present,
+`manifest.json` is written combining them: shard lists in part order, counts summed. With the parts on
 different machines, copy the split folders together and run any part again: it finds its shards complete and
 writes the combined manifest.
 
@@ -50,6 +52,9 @@ from .samples import (FORMAT, TIME_ENCODING, EncodedSample, Manifest, Sample, Sa
                       end_of_archive, manifest_file_name, read_tar_samples, write_shard_folder)
 
 MAX_LENGTH_MISMATCH_S = 1.0
+# Changes whenever the same input and settings give other bytes, so that a re-run refuses what an older writer left
+# (v2: the dither is seeded from the audio's samples, no longer from the track id).
+WRITER = "mt3ds-shard-writer-v2"
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12,
           "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -188,16 +193,44 @@ class SplitPlan:
     def manifest_name(self) -> str:
         return manifest_file_name(self.part)
 
-    def fingerprint(self) -> str:
-        files = []
+    def inputs(self) -> dict:
+        """What the output is made from, as the manifest records it: each setting as it is, each track (its record
+        and its files' sizes) as a digest, in order, and the tracks the index skipped."""
+        tracks = []
         for r in self.records:
             paths = [r.audio_path, *(s.path for s in r.midi_sources)]
-            files.append([r.to_dict(), [os.path.getsize(p) if os.path.isfile(p) else None for p in paths]])
-        data = {"format": FORMAT, "dataset": self.dataset, "split": self.split, "part": list(self.part),
-                "shard_bytes": self.shard_bytes, "audio": self.cfg.version, "vocab": vocab.VOCAB_VERSION,
-                "time_encoding": TIME_ENCODING, "code": __version__, "tracks": files,
-                "skipped": [s.to_dict() for s in self.index_skipped]}
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode("utf-8")).hexdigest()
+            data = [r.to_dict(), [os.path.getsize(p) if os.path.isfile(p) else None for p in paths]]
+            tracks.append([r.track_id, _digest(data)[:16]])
+        settings = {"writer": WRITER, "format": FORMAT, "dataset": self.dataset, "split": self.split,
+                    "part": f"{self.part[0]}/{self.part[1]}", "shard_size": self.shard_bytes, "audio": self.cfg.version,
+                    "vocab": vocab.VOCAB_VERSION, "time_encoding": TIME_ENCODING, "code": __version__}
+        return {"settings": settings, "tracks": tracks, "index_skipped": [s.to_dict() for s in self.index_skipped]}
+
+
+def _digest(data) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def input_changes(old: dict | None, new: dict) -> list[str]:
+    """How the inputs NEW (SplitPlan.inputs) differ from the recorded OLD, one phrase each, for the message that
+    refuses a re-run: changed settings with both values, added / gone / changed tracks with a few of their ids."""
+    if not isinstance(old, dict):
+        return ["it was written by an earlier mt3ds that did not record its inputs"]
+    changes = []
+    before, now = old.get("settings") or {}, new["settings"]
+    for k in [*now, *(k for k in before if k not in now)]:
+        if before.get(k) != now.get(k):
+            changes.append(f"{k} {before.get(k)} -> {now.get(k)}")
+    before, now = dict(map(tuple, old.get("tracks") or [])), dict(map(tuple, new["tracks"]))
+    for what, ids in (("added", [t for t in now if t not in before]), ("gone", [t for t in before if t not in now]),
+                      ("changed (record or file size)", [t for t in now if t in before and before[t] != now[t]])):
+        if ids:
+            changes.append(f"{len(ids)} track(s) {what}: {', '.join(ids[:3])}{', ...' if len(ids) > 3 else ''}")
+    if not changes and [t for t, _ in old.get("tracks") or []] != [t for t, _ in new["tracks"]]:
+        changes.append("the tracks' order")
+    if old.get("index_skipped") != new["index_skipped"]:
+        changes.append("the tracks the index skipped")
+    return changes or ["the fingerprint differs"]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -207,7 +240,8 @@ class _SplitRun:
     def __init__(self, plan: SplitPlan, split_dir: Path, pool, progress: bool):
         self.plan, self.dir, self.pool, self.progress = plan, split_dir, pool, progress
         self.work = split_dir / ".work"
-        self.fingerprint = plan.fingerprint()
+        self.inputs = plan.inputs()
+        self.fingerprint = _digest(self.inputs)
         self.bar = None
         self.seconds_done = 0.0
         self.started = time.perf_counter()
@@ -295,15 +329,17 @@ class _SplitRun:
         """The journal of an unfinished run with this fingerprint, or a fresh one."""
         plan_file = self.work / "plan.json"
         if self.work.is_dir() and plan_file.is_file():
-            if json.loads(plan_file.read_text(encoding="utf-8")).get("fingerprint") != self.fingerprint:
-                raise UserError(f"{self.dir}: holds an unfinished run made from other input or settings; delete "
-                                f"{self.dir} or choose another --out", exit_code=2)
+            old = json.loads(plan_file.read_text(encoding="utf-8"))
+            if old.get("fingerprint") != self.fingerprint:
+                raise UserError(f"{self.dir}: holds an unfinished run made from other input or settings "
+                                f"({'; '.join(input_changes(old.get('inputs'), self.inputs))}); delete {self.dir} or "
+                                f"choose another --out", exit_code=2)
             journal_file = self.work / "journal.json"
             if journal_file.is_file():
                 return json.loads(journal_file.read_text(encoding="utf-8"))
         else:
             self.work.mkdir(parents=True, exist_ok=True)
-            write_bytes_atomic(plan_file, json_bytes({"fingerprint": self.fingerprint}))
+            write_bytes_atomic(plan_file, json_bytes({"fingerprint": self.fingerprint, "inputs": self.inputs}))
         return {"shards": [], "next": [0, 0]}
 
     def run(self) -> tuple[Manifest, str]:
@@ -314,8 +350,9 @@ class _SplitRun:
         if manifest_path.is_file():
             manifest = Manifest.read(manifest_path)  # versions are in the fingerprint, compared next
             if manifest.fingerprint != self.fingerprint:
-                raise UserError(f"{manifest_path}: made from other input or settings; delete {self.dir} or choose "
-                                f"another --out", exit_code=2)
+                raise UserError(f"{manifest_path}: made from other input or settings "
+                                f"({'; '.join(input_changes(manifest.inputs, self.inputs))}); delete {self.dir} or "
+                                f"choose another --out", exit_code=2)
             missing = [k for k, e in enumerate(manifest.shards) if not self._intact(e)]
             if not missing:
                 shutil.rmtree(self.work, ignore_errors=True)  # left by a run cut off right after its manifest
@@ -362,7 +399,7 @@ class _SplitRun:
                         truncated_chunks=sum(r["truncated"] for r in ok),
                         dropped_pitches=sum(r["dropped_pitches"] for r in ok), skipped=tuple(skipped),
                         part=None if p.part == (1, 1) else f"{p.part[0]}/{p.part[1]}", fingerprint=self.fingerprint,
-                        created_by=p.created_by)
+                        inputs=self.inputs, created_by=p.created_by)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -430,11 +467,14 @@ def shard(dataset: str, root, out, splits=None, workers: int = 1, shard_size="1G
                   "shard_size": shard_bytes, "part": f"{pi}/{pn}"}
     plans = []
     for split in splits:
-        records = [r for r in found.records if r.split == split][pi - 1::pn]
+        in_split = [r for r in found.records if r.split == split]
         # an index-time skip belongs to its split (every split when its split was unreadable), and to part 1 only
-        skipped = [s for s in found.skipped if s.split in (split, None)] if pi == 1 else []
-        if records or skipped:
-            plans.append(SplitPlan(dataset, split, records, skipped, shard_bytes, (pi, pn), cfg, created_by))
+        skipped = [s for s in found.skipped if s.split in (split, None)]
+        if in_split or skipped:
+            # a part that gets none of the split's tracks still writes its (empty) part manifest, so that the parts
+            # combine into manifest.json whichever part finishes last
+            plans.append(SplitPlan(dataset, split, in_split[pi - 1::pn], skipped if pi == 1 else [], shard_bytes,
+                                   (pi, pn), cfg, created_by))
     out = Path(out)
     summaries = []
     pool = None

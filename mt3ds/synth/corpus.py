@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -209,8 +210,13 @@ def _expand(score):
 
 def _parse_to_cache(path: Path, midi_path: Path, json_path: Path) -> dict:
     from music21 import converter, stream
+    from music21.musicxml.xmlObjects import MusicXMLWarning
 
-    score = _single_score(converter.parse(str(path), forceSource=True, storePickle=False))
+    with warnings.catch_warnings():
+        # music21 warns about score details it repairs as it reads (a misplaced direction, an unknown instrument);
+        # the parsed work is what gets rendered, so these say nothing a synth user can act on
+        warnings.simplefilter("ignore", MusicXMLWarning)
+        score = _single_score(converter.parse(str(path), forceSource=True, storePickle=False))
     expanded, stripped = _expand(score)
     parts = list(expanded.parts) or [expanded]
     measures = list(parts[0].getElementsByClass(stream.Measure))

@@ -2,8 +2,10 @@
 
 The plan is a pure function of (seed, layout, banks, works, limits): round r visits every usable work once,
 in an order shuffled per round and interleaved across composers (so a small corpus is not all Palestrina), and
-each render's seed comes from (seed, round, work). Renders are appended until their audio adds up to --hours,
-so a larger --hours extends the same plan, and a re-run finds finished tracks on disk and skips them.
+each render's seed comes from (seed, round, work). Renders are appended until their audio adds up to --hours;
+a split that has no track by then (a small --hours) gets the plan's next render of that split, so validation and
+test are never empty. A render keeps its number in the plan, so a larger --hours holds every render of a smaller
+one, and a re-run finds finished tracks on disk and skips them.
 Generated songs (songs.py) are interleaved with the works so that songs make up --songs of the audio; song i's
 seed comes from (seed, i). Works are split by piece (corpus.split_of), never by render, and songs by song.
 Cross-timbre splits: validation and test tracks are rendered only with the held-out banks (banks.HOLDOUT_TIMBRES
@@ -20,10 +22,12 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
 from .. import __version__
+from ..data.records import SPLITS
 from ..errors import UserError, first_line
 from ..files import write_text_atomic
 from . import corpus
@@ -345,56 +349,54 @@ def _pool(workers: int):
     return multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
 
 
-def plan_renders(opts: SynthOptions, works: list[Work], palettes: tuple[Palette, Palette], cache: Path, pool,
-                 skipped: dict) -> list[Render]:
-    """Renders in plan order until their audio reaches opts.hours: corpus works, with generated songs
-    interleaved so that they make up opts.songs of the audio. Works that cannot be used go into SKIPPED."""
-    from functools import partial
+EXTRA_SEARCH = 60  # renders looked through past --hours for a split that has none yet (each ~10 % likely)
 
-    from tqdm import tqdm
+
+def _natural_renders(opts: SynthOptions, works: list[Work], palettes: tuple[Palette, Palette], cache: Path, pool,
+                     skipped: dict) -> Iterator[Render]:
+    """The plan without an end, in plan order: corpus works round by round, with generated songs interleaved so
+    that they make up opts.songs of the audio so far. A render's number is its place here, so it does not depend
+    on --hours. Works that cannot be used go into SKIPPED."""
+    from functools import partial
 
     from .coverage import track_stats
     from .render import SAMPLE_RATE, total_samples
 
-    target = opts.hours * 3600.0
     parse = partial(corpus.parse_work, cache_dir=str(cache), timeout_s=opts.parse_timeout)
-    plan: list[Render] = []
     seconds_of = {"works": 0.0, "songs": 0.0}
-    bar = tqdm(total=round(target), unit="s", desc="planning", disable=not opts.progress)
-    next_song = [0]
+    count, next_song = 0, 0
 
-    def total() -> float:
-        return seconds_of["works"] + seconds_of["songs"]
-
-    def add(w: Work, round_: int, seed: int) -> bool:
+    def make(w: Work, round_: int, seed: int) -> Render | None:
+        nonlocal count
         split = corpus.split_of(w)
-        r = Render(len(plan) + 1, w, round_, seed, split, 0.0)
+        r = Render(count + 1, w, round_, seed, split, 0.0)
         try:
             arr = arrange_render(r, palette_for(split, *palettes), opts.layout, opts.max_seconds, cache)
         except ValueError as e:  # a work this layout cannot use (one part for Slakh, no notes, no bank for it)
             skipped[w.id] = str(e)
-            return False
+            return None
         seconds = total_samples(arr) / SAMPLE_RATE
-        plan.append(Render(r.number, w, round_, seed, split, seconds, track_stats(arr)))
         seconds_of["songs" if is_song(w) else "works"] += seconds
-        bar.update(round(total()) - bar.n)
-        return True
+        count += 1
+        return Render(r.number, w, round_, seed, split, seconds, track_stats(arr))
 
-    def add_songs() -> None:
-        """Songs until they are opts.songs of the audio planned so far (or the target is reached)."""
+    def songs() -> Iterator[Render]:
+        """Songs until they are opts.songs of the audio planned so far."""
+        nonlocal next_song
         if opts.songs <= 0:
             return
-        while total() < target and (opts.songs >= 1.0 or seconds_of["songs"] < opts.songs / (1 - opts.songs)
-                                    * max(seconds_of["works"], 1.0)):
-            w = song_work(next_song[0])
-            next_song[0] += 1
-            add(w, 0, render_seed(opts.seed, 0, w))
-            if next_song[0] > 100 + 10 * len(plan):
+        while opts.songs >= 1.0 or seconds_of["songs"] < opts.songs / (1 - opts.songs) * max(seconds_of["works"], 1.0):
+            w = song_work(next_song)
+            next_song += 1
+            r = make(w, 0, render_seed(opts.seed, 0, w))
+            if r is not None:
+                yield r
+            if next_song > 100 + 10 * count:
                 raise UserError("generated songs keep failing: no bank plays their instruments")
 
-    add_songs()
+    yield from songs()
     round_ = 0
-    while total() < target:
+    while True:
         usable = 0
         order = [w for w in visit_order(works, opts.seed, round_) if w.id not in skipped]
         batch = 4 * opts.workers
@@ -405,19 +407,50 @@ def plan_renders(opts: SynthOptions, works: list[Work], palettes: tuple[Palette,
                 if not res.ok:
                     skipped[w.id] = res.reason
                     continue
-                if add(w, round_, render_seed(opts.seed, round_, w)):
+                r = make(w, round_, render_seed(opts.seed, round_, w))
+                if r is not None:
                     usable += 1
-                    add_songs()
-                if total() >= target:
-                    break
-            if total() >= target:
-                break
+                    yield r
+                    yield from songs()
         if usable == 0:
-            bar.close()
             raise UserError(f"no usable works among {len(works)} ({len(skipped)} skipped, e.g. "
                             f"{next(iter(skipped.items()), ('-', '-'))}): nothing to render")
         round_ += 1
-    bar.close()
+
+
+def plan_renders(opts: SynthOptions, works: list[Work], palettes: tuple[Palette, Palette], cache: Path, pool,
+                 skipped: dict) -> list[Render]:
+    """The renders to make: the plan's renders until their audio reaches opts.hours, then, for a split that has
+    none yet (a small --hours: validation and test get ~10 % of the pieces each), the plan's next render of that
+    split, so that training always has a validation split to read. Renders keep their numbers in the plan, so a
+    larger --hours holds every render of a smaller one and completes the same folder."""
+    from tqdm import tqdm
+
+    target = opts.hours * 3600.0
+    renders = _natural_renders(opts, works, palettes, cache, pool, skipped)
+    plan: list[Render] = []
+    total = 0.0
+    bar = tqdm(total=round(target), unit="s", desc="planning", disable=not opts.progress)
+    try:
+        for r in renders:
+            plan.append(r)
+            total += r.seconds
+            bar.update(min(round(total), bar.total) - bar.n)  # the last render passes the target: the bar stops
+            if total >= target:
+                break
+        missing = [s for s in SPLITS if all(r.split != s for r in plan)]
+        if missing:
+            try:
+                for looked, r in enumerate(renders, 1):
+                    if r.split in missing:
+                        plan.append(r)
+                        missing.remove(r.split)
+                    if not missing or looked >= EXTRA_SEARCH:
+                        break
+            except UserError:  # the corpus ran out of usable works: the plan is what it is
+                pass
+    finally:
+        bar.close()
     return plan
 
 
@@ -482,7 +515,7 @@ def run_synth(opts: SynthOptions) -> dict:
         from .layouts import write_maestro_metadata
 
         write_maestro_metadata(opts.out, [_maestro_row(opts.out, r, cache) for r in done])
-    splits = {s: sum(1 for r in done if r.split == s) for s in ("train", "validation", "test")}
+    splits = {s: sum(1 for r in done if r.split == s) for s in SPLITS}
     summary = {
         "tracks": len(done), "hours": round(sum(r.seconds for r in done) / 3600.0, 4), "splits": splits,
         "rendered_now": len(todo) - len(failed), "already_there": len(plan) - len(todo),

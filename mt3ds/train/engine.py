@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import socket
@@ -81,6 +82,33 @@ def dist_timeout_seconds() -> float:
     return value
 
 
+# DeepSpeed logs INFO and WARNING lines to stdout on every run (the CPU accelerator fallback, the scheduler read before
+# its first step, its config): the lowest level of its lines that are shown, errors always; "info" shows them all.
+DEEPSPEED_LOG_ENV = "MT3DS_DEEPSPEED_LOG"
+_LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+class _AtLeast(logging.Filter):
+    def __init__(self, level: int):
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= self.level
+
+
+def quiet_deepspeed_logs() -> None:
+    """Show DeepSpeed's log lines from MT3DS_DEEPSPEED_LOG's level up (default error). A filter on its logger, set
+    before deepspeed is imported: deepspeed sets its logger's level when imported and logs during the import."""
+    text = os.environ.get(DEEPSPEED_LOG_ENV, "error")
+    if text.lower() not in _LOG_LEVELS:
+        raise UserError(f"{DEEPSPEED_LOG_ENV}={text}: expected one of {', '.join(_LOG_LEVELS)}")
+    logger = logging.getLogger("DeepSpeed")
+    for f in [f for f in logger.filters if isinstance(f, _AtLeast)]:
+        logger.removeFilter(f)
+    logger.addFilter(_AtLeast(_LOG_LEVELS[text.lower()]))
+
+
 def init_distributed() -> tuple[int, int, int]:
     """Start torch.distributed through DeepSpeed: nccl on GPUs, gloo on CPU. Without the launcher (plain `python
     bin/train.py`) the environment of one process is filled in first. Returns (rank, local rank, world size)."""
@@ -94,6 +122,7 @@ def init_distributed() -> tuple[int, int, int]:
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))  # a fixed port would clash with a run beside this
     os.environ.setdefault("LOCAL_RANK", "0")
+    quiet_deepspeed_logs()
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
@@ -196,6 +225,8 @@ class RunInputs:
     """That checkpoint's state.json."""
     init_meta: dict | None = None
     """The metadata of the init_from model (a new run with init_from only)."""
+    finished: bool = False
+    """The run to resume already reached cfg.steps: nothing to train (the command run again, say)."""
 
 
 def check_inputs(cfg: TrainConfig) -> RunInputs:
@@ -218,10 +249,8 @@ def check_inputs(cfg: TrainConfig) -> RunInputs:
         diff = ckpt.model_config_differences(state.get("model_config", {}), ours)
         if diff:
             raise UserError(f"{resume}: checkpoint of another model config ({'; '.join(diff)}); use another run_dir")
-        if state.get("step", 0) >= cfg.steps:
-            raise UserError(f"{resume}: the run already reached step {state['step']} of steps: {cfg.steps}; raise "
-                            f"steps to train on (the cosine schedule then stretches to the new end)")
         inputs.resume_dir, inputs.resume_state = resume, state
+        inputs.finished = state.get("step", 0) >= cfg.steps
     elif cfg.init_from:
         from ..model.io import read_meta
 
@@ -663,6 +692,12 @@ def validate_and_checkpoint(run: Run, last: bool) -> None:
 def train(cfg: TrainConfig, ds_config: dict, ds_path: str = "ds_config") -> dict:
     """Run (or resume) training to cfg.steps; returns the final RunState as a dict, with the last learning rate."""
     inputs = check_inputs(cfg)  # before DeepSpeed starts: a mistake costs a second, not a minute
+    if inputs.finished:  # the same command again succeeds without training, as a re-run of shard or synth does
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"mt3ds train: {inputs.resume_dir} already reached step {inputs.resume_state['step']} of steps: "
+                  f"{cfg.steps}; nothing to train (raise steps to train on: the cosine schedule then stretches to "
+                  f"the new end)", flush=True)
+        return {**inputs.resume_state, "last_lr": None}
     run = build_run(cfg, ds_config, ds_path, inputs)
     state, clock = run.state, run.clock
     sums = MetricSums(run.device, clock)
