@@ -224,7 +224,8 @@ def inspect_command(path, sample, wav, midi):
 @click.option("--songs", type=click.FloatRange(0, 1), default=None,
               help="Share of the audio that is generated pop/rock/funk/jazz/latin/electronic/ballad songs "
                    "(default 0.5 for slakh, 0 for maestro).")
-@click.option("--hours", type=POSITIVE, default=1.0, show_default=True, help="Audio to render in all.")
+@click.option("--hours", type=POSITIVE, default=1.0, show_default=True,
+              help="Audio to render in all (a small value still renders one validation and one test track).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same files.")
 @click.option("--workers", type=WORKERS, default=0, help="Parallel processes (default: every CPU core).")
 @click.option("--max-seconds", type=click.FloatRange(min=5), default=300.0, show_default=True,

@@ -250,22 +250,22 @@ class Pipeline:
         probs = self.model.head_probs(self.model.encode(feats, instruments), feats.shape[1])
         return torch.stack([probs["onset"][:, :, 0], probs["frame"][:, :, 0]], 2).to(torch.float16).cpu().numpy()
 
-    def transcribe_audio(self, audio: np.ndarray, seed_key: str, programs=None, batch_size=None, beam: int = 1,
+    def transcribe_audio(self, audio: np.ndarray, name: str, programs=None, batch_size=None, beam: int = 1,
                          use_cache: bool = True, progress=None, notes_from: str | None = None):
         """16 kHz mono waveform -> (Notes, number of chunks). notes_from: "frames", "tokens" or None (the model's
         default, see notes_source)."""
         source = self.notes_source(notes_from)
-        decoded = self.decode_audio(audio, seed_key, programs, batch_size, beam, use_cache, progress,
+        decoded = self.decode_audio(audio, name, programs, batch_size, beam, use_cache, progress,
                                     notes_from=source)
         return self.read_notes(decoded, len(audio), programs), len(decoded.tokens)
 
-    def decode_audio(self, audio: np.ndarray, seed_key: str, programs=None, batch_size=None, beam: int = 1,
+    def decode_audio(self, audio: np.ndarray, name: str, programs=None, batch_size=None, beam: int = 1,
                      use_cache: bool = True, progress=None, with_rolls: bool = False,
                      notes_from: str | None = None) -> Decoded:
         """16 kHz mono waveform -> the offline chain -> chunks -> decode_chunks."""
         from .data.audio import prepare
 
-        chunks = Chunks(prepare(audio, self.audio_cfg, seed_key), self.audio_cfg.chunk_samples)
+        chunks = Chunks(prepare(audio, self.audio_cfg, name), self.audio_cfg.chunk_samples)
         return self.decode_chunks(chunks, programs, batch_size, beam, use_cache, progress, with_rolls=with_rolls,
                                   notes_from=notes_from)
 
