@@ -202,6 +202,7 @@ class ClassEvidence:
         self.frames_seen = 0
         self._cells: list = []  # (frame, key) int64
         self._probs: list = []  # uint8 [cells, N_CLASSES]
+        self._index = None  # (sorted flat cell ids, cumulative class sums): built once per file, on first use
 
     def add(self, any_frame: np.ndarray, class_frame: np.ndarray) -> None:
         """any_frame [frames, N_KEYS], class_frame [frames, N_CLASSES, N_KEYS] probabilities of the next frames."""
@@ -211,6 +212,7 @@ class ClassEvidence:
         self._cells.append(np.stack([t + self.frames_seen, k], 1).astype(np.int64))
         self._probs.append(np.round(np.asarray(class_frame[t, :, k], np.float32) * 255).astype(np.uint8))
         self.frames_seen += len(any_frame)
+        self._index = None
 
     def per_note(self, start: np.ndarray, end: np.ndarray, key: np.ndarray) -> np.ndarray:
         """Mean class probability over frames [start, end) of each note's key -> float32 [notes, N_CLASSES]."""
@@ -218,11 +220,13 @@ class ClassEvidence:
 
         if not self._cells:
             return np.zeros((len(start), N_CLASSES), np.float32)
-        cells, probs = np.concatenate(self._cells), np.concatenate(self._probs).astype(np.float32) / 255
-        flat = cells[:, 1] * (self.frames_seen + 1) + cells[:, 0]  # by key, then frame
-        order = np.argsort(flat, kind="stable")
-        flat, probs = flat[order], probs[order]
-        csum = np.concatenate([np.zeros((1, N_CLASSES), np.float64), np.cumsum(probs, axis=0, dtype=np.float64)])
+        if self._index is None:
+            cells, probs = np.concatenate(self._cells), np.concatenate(self._probs).astype(np.float32) / 255
+            flat = cells[:, 1] * (self.frames_seen + 1) + cells[:, 0]  # by key, then frame
+            order = np.argsort(flat, kind="stable")
+            self._index = flat[order], np.concatenate([np.zeros((1, N_CLASSES)),
+                                                        np.cumsum(probs[order], axis=0, dtype=np.float64)])
+        flat, csum = self._index
         lo = np.searchsorted(flat, key * (self.frames_seen + 1) + start)
         hi = np.searchsorted(flat, key * (self.frames_seen + 1) + end)
         return ((csum[hi] - csum[lo]) / np.maximum(end - start, 1)[:, None]).astype(np.float32)
