@@ -38,7 +38,7 @@ def test_gpu_check_dry_run_prints_one_json_object_with_every_part(tmp_path):
     assert fig["zero"]["stage2"]["saved_per_gpu_gb_at_8_gpus"] > fig["zero"]["stage1"]["saved_per_gpu_gb_at_8_gpus"]
     assert fig["kv_cache"]["cached_tok_s"] > 0 and fig["kv_cache"]["uncached_tok_s"] > 0
     assert fig["loader"]["samples_per_s"] > 0 and fig["loader"]["loader_over_demand"] > 0
-    assert fig["transcribe"]["rtf_cached"] > 0 and fig["transcribe"]["device"] == "cpu"
+    assert fig["transcribe"]["rtf_tokens"] > 0 and fig["transcribe"]["device"] == "cpu"
 
 
 def test_gpu_check_without_a_gpu_says_so_in_one_line(tmp_path):
