@@ -23,8 +23,9 @@ file's notes, repeated until stable (one instrument whose evidence flickers betw
 dominant one; choose_classes), classes with
 fewer than `min_track_notes` notes give their notes to the next best class, and each class takes the one program its
 frames vote for over the whole file: one instrument, one track. `--instruments` masks the classes and programs it
-does not list (drums included); two listed programs of one class (violin and cello) split that class's notes by
-their program probabilities over each note.
+does not list (drums included), and since the list says which classes sound, each note then takes its own best
+listed class (no share weighting, no smallest track); two listed programs of one class (violin and cello) split
+that class's notes by their program probabilities over each note.
 
 Memory for long files: the class-agnostic rolls are kept as float16 (3 x 88 per frame, 160 MB per hour); of the
 class rolls only the frames where some note sounds are kept (ClassEvidence); programs are summed as they come.
@@ -476,6 +477,8 @@ def read_heads(rolls: HeadRolls, seconds: float, settings: ReadSettings = ReadSe
         notes = Notes.empty()  # only drums were listed
     else:
         evidence = rolls.evidence.per_note(start, end, notes.pitch - LOWEST_PITCH)
+        if allowed is not None:  # the list says which classes sound: no file-level pull towards the biggest one
+            settings = replace(settings, class_prior=0.0, min_track_notes=0)
         classes = choose_classes(evidence, settings, allowed)
         chosen = choose_programs(rolls.program_votes, programs)[classes]
         if rolls.hinted_probs is not None:
