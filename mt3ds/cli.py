@@ -138,7 +138,8 @@ def transcribe(audio, out, model, instruments, device, batch_size, beam, notes_f
 
 @cli.command()
 @click.option("--ref", required=True, type=click.Path(exists=True), help="Reference MIDI file or folder.")
-@click.option("--est", required=True, type=click.Path(exists=True), help="Estimated MIDI file or folder (matched by name).")
+@click.option("--est", required=True, type=click.Path(exists=True),
+              help="Estimated MIDI file or folder (matched by name).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (per file, pooled, mean).")
 def evaluate(ref, est, as_json):
     """Score transcriptions against references: onset, onset+offset, frame, multi-instrument and drum F1."""
@@ -331,7 +332,8 @@ def bench_loader(as_json, samples, mix_samples):
 @click.option("--preset", "presets", multiple=True, default=("small", "base"), show_default=True,
               type=click.Choice(["tiny", "small", "base", "base_v2"]), help="Model preset to measure (repeatable).")
 @click.option("--batch", type=COUNT, default=8, show_default=True, help="Training batch (segments).")
-@click.option("--train-tokens", type=click.IntRange(min=2), default=1024, show_default=True, help="Tokens per training segment.")
+@click.option("--train-tokens", type=click.IntRange(min=2), default=1024, show_default=True,
+              help="Tokens per training segment.")
 @click.option("--decode-batch", type=COUNT, default=16, show_default=True, help="Segments decoded together.")
 @click.option("--decode-tokens", type=COUNT, default=1024, show_default=True, help="Tokens decoded per segment.")
 @click.option("--repeats", type=COUNT, default=2, show_default=True, help="Timed repetitions (best is kept).")

@@ -22,8 +22,9 @@ Where the notes come from (--notes):
 Memory stays bounded on long inputs: a batch (32 chunks on the CPU, 64 on a GPU, --batch-size) is cut from the
 prepared waveform when it is decoded, so features, the decoder's KV cache and every other per-chunk tensor exist for
 one batch at a time; what grows with the file is its 16 kHz waveform (230 MB per hour; the offline chain's float64
-passes over it peak at ~8x that, mt3ds/data/audio.py), the heads' float16 class-agnostic rolls (3 x 88 per 8 ms frame,
-240 MB per hour; the class rolls kept only where notes sound), and the decoded tokens and notes. Figures: BENCHMARKS.md, Transcription memory.
+passes over it peak at ~8x that, mt3ds/data/audio.py), the heads' float16 class-agnostic rolls (3 x 88 per 8 ms
+frame, 240 MB per hour; the class rolls kept only where notes sound), and the decoded tokens and notes. Figures:
+BENCHMARKS.md, Transcription memory.
 """
 from __future__ import annotations
 

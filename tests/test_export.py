@@ -120,7 +120,7 @@ def test_cli_export_and_its_errors(finished_run, tmp_path, capsys):
         with pytest.raises(SystemExit) as e:
             cli_main(["export", *args])
         err = capsys.readouterr().err.strip()
-        assert e.value.code == 1 and err.startswith("mt3ds: error: ") and expected in err and "\n" not in err
+        assert e.value.code == 2 and err.startswith("mt3ds: error: ") and expected in err and "\n" not in err
 
 
 def test_init_from_an_exported_model_adds_up_history(finished_run, exported, shard_dirs, tmp_path):

@@ -304,4 +304,5 @@ def test_min_gap_out_of_range_is_a_usage_error(tmp_path, model_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["transcribe", str(src), "-o", str(tmp_path / "a.mid"), "--model", str(model_path), "--min-gap", "5"])
     err = capsys.readouterr().err.strip()
-    assert exit_info.value.code == 2 and "--min-gap must be between 0 and 1 second" in err and len(err.splitlines()) == 1
+    assert exit_info.value.code == 2 and "--min-gap must be between 0 and 1 second" in err
+    assert len(err.splitlines()) == 1

@@ -1,8 +1,8 @@
 """`mt3ds bench transcribe`: real-time factor (seconds of compute per second of audio) of `mt3ds transcribe` on a
 generated 60 s recording for each reading the model can do (frames: the note heads alone; hybrid; tokens: decoded
-with the KV cache at transcribe's default batch (32 chunks on the CPU, 64 on a GPU), also with batches of one chunk and without the cache; frames with int8 linear layers); when
-basic-pitch is installed, its real-time factor on the same file in the same run; with --long-minutes, the peak
-memory of transcribing a long file in a fresh process.
+with the KV cache at transcribe's default batch (32 chunks on the CPU, 64 on a GPU), also with batches of one chunk
+and without the cache; frames with int8 linear layers); when basic-pitch is installed, its real-time factor on the
+same file in the same run; with --long-minutes, the peak memory of transcribing a long file in a fresh process.
 
 The whole path is timed: decode + resample + offline chain + features + generation + stitching + MIDI writing.
 Without the cache a segment costs one full decoder pass per token, so it is timed on the first few chunks only and

@@ -26,18 +26,19 @@ def find_checkpoint(run_dir, which: str = "best", step: int | None = None) -> Pa
     """The checkpoint folder to export: a given step, the best validated one, or the latest."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise UserError(f"{run_dir}: run folder not found")
+        raise UserError(f"{run_dir}: run folder not found", exit_code=2)
     ckpt_dir = run_dir / "checkpoints"
     done = ckpt.complete_checkpoints(ckpt_dir)
     if not done:
-        raise UserError(f"{run_dir}: no complete checkpoint under {ckpt_dir} (has the run saved one yet?)")
+        raise UserError(f"{run_dir}: no complete checkpoint under {ckpt_dir} (has the run saved one yet?)", exit_code=2)
     if step is not None:
         for s, p in done:
             if s == step:
                 return p
-        raise UserError(f"{run_dir}: no checkpoint at step {step}; there are: {', '.join(str(s) for s, _ in done)}")
+        raise UserError(f"{run_dir}: no checkpoint at step {step}; there are: {', '.join(str(s) for s, _ in done)}",
+                        exit_code=2)
     if which not in WHICH:
-        raise UserError(f"--which {which}: expected one of {', '.join(WHICH)}")
+        raise UserError(f"--which {which}: expected one of {', '.join(WHICH)}", exit_code=2)
     if which == "best":
         best = ckpt.best_checkpoint(ckpt_dir)
         if best is not None:
@@ -113,7 +114,8 @@ def export_run(run_dir, out, which: str = "best", step: int | None = None, readi
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as e:
         raise UserError(f"{tag_dir}: EMA weights do not fit the recorded model_config ({first_line(e)})") from None
-    meta = model_meta(cfg, {**training_record(state, tag_dir), "learning_curve": learning_curve(run_dir, state["step"])})
+    curve = learning_curve(run_dir, state["step"])
+    meta = model_meta(cfg, {**training_record(state, tag_dir), "learning_curve": curve})
     meta["model_preset"] = state.get("model_preset")
     if reading is not None:
         from ..tokens.rolls import ReadSettings
@@ -121,10 +123,10 @@ def export_run(run_dir, out, which: str = "best", step: int | None = None, readi
         try:
             meta["reading"] = ReadSettings.from_dict(reading).to_dict()
         except (TypeError, ValueError) as e:
-            raise UserError(f"--reading: {e}") from None
+            raise UserError(f"--reading: {e}", exit_code=2) from None
     out = Path(out)
     if out.suffix != ".safetensors":
-        raise UserError(f"{out}: the exported model is a .safetensors file")
+        raise UserError(f"{out}: the exported model is a .safetensors file", exit_code=2)
     save_model(model.state_dict(), out, meta, half=half)
     return meta
 

@@ -9,11 +9,12 @@ tokens with mir_eval (mt3ds.evaluate.score_notes): onset F1, onset+offset F1 and
 the decoded chunks. A model with note heads is read the way `transcribe --notes frames` reads it (mt3ds/tokens/
 rolls.py, each chunk as a file of its own) on every validation chunk, no decoding needed: heads_onset_f1,
 heads_onset_offset_f1, heads_multi_full_f1, heads_multi_class_f1, heads_drum_onset_f1; and its loss is heads_loss.
-val_loss, which picks the best checkpoint, is the token loss, or the heads' loss for a model without one. A model with the aux frame head is also scored the way `transcribe --notes frames` reads it
-(mt3ds/tokens/frames.py: notes from the head's rolls, programs from the tokens): frames_onset_f1,
-frames_onset_offset_f1, frames_multi_full_f1. Each chunk is read on its own, so notes tied in from the
-previous chunk are left out of both sides (their onsets belong to that chunk). The first `dump_midi` chunks'
-predictions and references are written as MIDI under RUN_DIR/samples/step_NNNNNNNN/ (rank 0).
+val_loss, which picks the best checkpoint, is the token loss, or the heads' loss for a model without one. A model
+with the aux frame head is also scored the way `transcribe --notes frames` reads it (mt3ds/tokens/frames.py: notes
+from the head's rolls, programs from the tokens): frames_onset_f1, frames_onset_offset_f1, frames_multi_full_f1.
+Each chunk is read on its own, so notes tied in from the previous chunk are left out of both sides (their onsets
+belong to that chunk). The first `dump_midi` chunks' predictions and references are written as MIDI under
+RUN_DIR/samples/step_NNNNNNNN/ (rank 0).
 """
 from __future__ import annotations
 
