@@ -171,7 +171,12 @@ class Pipeline:
             if self.device.type != "cpu":
                 raise UserError("--quantize is for CPU inference (int8 dynamic quantization of linear layers)",
                                 exit_code=2)
-            self.model = torch.ao.quantization.quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8)
+            import warnings
+
+            with warnings.catch_warnings():  # torch announces the move of this API to torchao on every call
+                warnings.simplefilter("ignore", (DeprecationWarning, UserWarning))
+                self.model = torch.ao.quantization.quantize_dynamic(self.model, {torch.nn.Linear},
+                                                                    dtype=torch.qint8)
 
     def instrument_tensor(self, programs: list[int] | None, batch: int):
         import torch

@@ -291,3 +291,20 @@ def test_two_listed_programs_of_one_class_split_its_notes():
     unhinted = RollReader()
     unhinted.add(probs)
     assert len(set(read_heads(unhinted.rolls(), FRAME, ReadSettings(min_track_notes=0)).program.tolist())) == 1
+
+
+def test_quantized_cpu_inference_runs_quietly(tmp_path, capsys):
+    import soundfile as sf
+
+    from mt3ds.cli import main
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.preset("tiny", note_heads=True)
+    path = tmp_path / "heads.safetensors"
+    save_model(Transcriber(cfg).state_dict(), path, model_meta(cfg))
+    src = tmp_path / "a.wav"
+    sf.write(src, np.random.default_rng(0).normal(0, 0.1, 16000 * 3).astype(np.float32), 16000)
+    main(["transcribe", str(src), "-o", str(tmp_path / "a.mid"), "--model", str(path), "--quantize", "--quiet",
+          "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert (tmp_path / "a.mid").is_file() and "Warning" not in err, err
