@@ -161,11 +161,7 @@ def greedy(model: Transcriber, memory: torch.Tensor, hint: torch.Tensor | None, 
             break
         if bool(done.any()):  # finished sequences leave the batch
             keep = (~done).nonzero().squeeze(1)
-            step.select(keep)
-            if grammar is not None:
-                grammar.select(keep)
-            if guard is not None:
-                guard.select(keep)
+            _keep_rows(keep, step, grammar, guard)
             rows, token = rows[keep], token[keep]
     return Generation(out[:, :length], all_logits[:, :length] if all_logits is not None else None)
 
@@ -234,11 +230,7 @@ def beam_search(model: Transcriber, memory: torch.Tensor, hint: torch.Tensor | N
         if keep.numel() == 0:
             break
         rows = (keep[:, None] * K + torch.arange(K, device=device)).view(-1)  # (n_keep*K,)
-        step.select(rows)
-        if grammar is not None:
-            grammar.select(rows)
-        if guard is not None:
-            guard.select(rows)
+        _keep_rows(rows, step, grammar, guard)
         segments, scores = segments[keep], scores[keep]
         seqs, lengths, ended, token = seqs[rows], lengths[rows], ended[rows], token[rows]
     return Generation(out[:, : int(out_len.max())])
@@ -305,6 +297,14 @@ class RunawayGuard:
     def select(self, index: torch.Tensor) -> None:
         """Row i becomes old row index[i]."""
         self.since_time = self.since_time[index]
+
+
+def _keep_rows(rows: torch.Tensor, step, grammar, guard) -> None:
+    """Keep only `rows` of the decoder state and of the grammar and runaway guard (when there are)."""
+    step.select(rows)
+    for state in (grammar, guard):
+        if state is not None:
+            state.select(rows)
 
 
 def _never_pad(logits: torch.Tensor) -> torch.Tensor:
