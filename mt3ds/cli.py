@@ -232,6 +232,9 @@ def inspect_command(path, sample, wav, midi):
 @click.option("--max-seconds", type=click.FloatRange(min=5), default=300.0, show_default=True,
               help="Longer works are rendered as excerpts of whole bars at most this long.")
 @click.option("--parse-timeout", type=POSITIVE, default=180.0, show_default=True, help="Seconds per music21 file.")
+@click.option("--voicing", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Random offsets to each SoundFont stem's filter, envelope and LFOs (0 none, 1 full ranges): "
+                   "more timbres from the same banks.")
 @click.option("--cache", type=Output(folder=True), default=None,
               help="Parsed-work cache (default: $XDG_CACHE_HOME/mt3ds/music21).")
 @click.option("--work", "works", multiple=True, help="Render only this music21 corpus file (repeatable).")
@@ -239,7 +242,7 @@ def inspect_command(path, sample, wav, midi):
               help="List of held-out works (default: the one bundled with mt3ds).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def synth_command(out, layout, soundfonts, banks, holdout_timbres, songs, hours, seed, workers, max_seconds,
-                  parse_timeout, cache, works, holdout, quiet):
+                  parse_timeout, voicing, cache, works, holdout, quiet):
     """Render real music (music21 corpus) and generated songs into a Slakh2100 or MAESTRO layout.
 
     Every installed General MIDI bank and engine plays (FluidSynth SoundFonts, TiMidity++ with freepats, Hydrogen
@@ -252,7 +255,8 @@ def synth_command(out, layout, soundfonts, banks, holdout_timbres, songs, hours,
     summary = run_synth(SynthOptions(out=out, layout=layout, soundfonts=list(soundfonts), banks=list(banks) or None,
                                      holdout_timbres=holdout_timbres, songs=songs, hours=hours, seed=seed,
                                      workers=workers or os.cpu_count() or 1, max_seconds=max_seconds,
-                                     parse_timeout=parse_timeout, cache=cache, works=list(works) or None,
+                                     parse_timeout=parse_timeout, voicing=voicing, cache=cache,
+                                     works=list(works) or None,
                                      holdout=holdout, progress=not quiet))
     for line in summary_lines(summary):
         click.echo(line)

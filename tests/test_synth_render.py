@@ -11,7 +11,7 @@ need_fluidsynth()
 
 from mt3ds.synth import banks  # noqa: E402
 from mt3ds.synth.arrange import TPQ, Arrangement, Stem  # noqa: E402
-from mt3ds.synth.expression import express  # noqa: E402
+from mt3ds.synth.expression import VOICING, express, voicing  # noqa: E402
 from mt3ds.synth.render import (SAMPLE_RATE, BadRender, loudness, mix_stems, process_stems,  # noqa: E402
                                 render_stem)
 from mt3ds.tokens import gm  # noqa: E402
@@ -108,6 +108,47 @@ def test_controllers_leave_target_onsets_alone_and_the_sound_on_time():
         audio = render_stem(arr, stem, int(10 * SAMPLE_RATE))
         lag = first_rise(audio, float(arr.seconds(stem.onset[0])), SAMPLE_RATE)
         assert 0.0 <= lag < 0.010
+
+
+def _high_share(audio: np.ndarray, start_s: float, hz: float = 1500.0) -> float:
+    """Share of a note's spectral energy above HZ (its first 0.3 s)."""
+    seg = audio[int(start_s * SAMPLE_RATE):int((start_s + 0.3) * SAMPLE_RATE)].astype(np.float64)
+    power = np.abs(np.fft.rfft(seg)) ** 2
+    freqs = np.fft.rfftfreq(len(seg), 1 / SAMPLE_RATE)
+    return float(power[freqs > hz].sum() / power.sum())
+
+
+def test_voicing_changes_the_sound_not_the_note():
+    """A darker, resonant voicing takes the highs out of a bright preset; the onsets and the pitch stay."""
+    bank = banks.soundfont_bank(TIM)
+    plain = _check_onsets_and_pitch(bank, 25, 57)
+    stem = _stem(bank, 25, 57)
+    stem.voicing = {"filter_cutoff": -4200.0, "filter_q": 120.0, "release": 600.0}
+    arr = _arr(stem)
+    dark = render_stem(arr, stem, int(4 * SAMPLE_RATE))
+    start = float(arr.seconds(TICKS[0]))
+    assert _high_share(dark, start) < 0.5 * _high_share(plain, start)
+    for t in arr.seconds(TICKS):
+        assert 0.0 <= first_rise(dark, float(t), SAMPLE_RATE) < 0.010
+    assert abs(np.log2(_f0(dark, start) / (440.0 * 2 ** ((57 - 69) / 12)))) < 0.04
+
+
+def test_voicing_draws_within_ranges_and_spares_drum_attacks():
+    bank = banks.soundfont_bank(TIM)
+    pitched, drums = _stem(bank, 0, 60), _stem(bank, 128, 38)
+    seen = set()
+    for seed in range(40):
+        v = voicing(pitched, np.random.default_rng(seed))
+        assert v == voicing(pitched, np.random.default_rng(seed))  # reproducible
+        seen |= set(v)
+        for name, value in v.items():
+            assert VOICING[name][1] <= value <= VOICING[name][2], (name, value)
+        assert "filter_q" not in v or "filter_cutoff" in v
+        half = voicing(pitched, np.random.default_rng(seed), amount=0.5)
+        assert half.keys() == v.keys() and all(abs(half[k] - v[k] / 2) <= 0.1 for k in v)
+        assert not voicing(pitched, np.random.default_rng(seed), amount=0.0)
+        assert "attack" not in voicing(drums, np.random.default_rng(seed))
+    assert seen == set(VOICING)
 
 
 def test_mix_is_the_sum_of_processed_stems_and_loudness_matches_pyloudnorm():

@@ -79,3 +79,22 @@ def test_small_hours_still_give_every_split_a_track_and_grow_in_place(tmp_path, 
     assert larger["already_there"] == small["tracks"] and larger["tracks"] > small["tracks"]
     after = _hashes(out)
     assert {k: after[k] for k in first} == first  # the small run's tracks are the larger plan's, untouched
+
+
+def test_voicing_changes_the_audio_not_the_music_and_is_recorded(tmp_path, two_banks):
+    plain, voiced = tmp_path / "plain", tmp_path / "voiced"
+    run_synth(_options(plain, two_banks, hours=30 / 3600))
+    run_synth(_options(voiced, two_banks, hours=30 / 3600, voicing=1.0))
+    a, b = _hashes(plain), _hashes(voiced)
+    assert a.keys() == b.keys()
+    assert {k: v for k, v in a.items() if k.endswith(".mid")} == {k: v for k, v in b.items() if k.endswith(".mid")}
+    assert any(a[k] != b[k] for k in a if k.endswith(".flac"))
+    offsets = [s.get("voicing") for p in voiced.glob("*/Track*/metadata.yaml")
+               for s in yaml.safe_load(p.read_text(encoding="utf-8"))["synth"]["stem_mix"].values()]
+    assert any(offsets)
+    assert not any(s.get("voicing") for p in plain.glob("*/Track*/metadata.yaml")
+                   for s in yaml.safe_load(p.read_text(encoding="utf-8"))["synth"]["stem_mix"].values())
+    with pytest.raises(UserError, match="other settings"):  # a folder holds one plan only
+        run_synth(_options(voiced, two_banks, hours=30 / 3600))
+    with pytest.raises(UserError, match="--voicing"):
+        _options(tmp_path / "x", two_banks, voicing=1.5)

@@ -192,6 +192,7 @@ class Stem:
     pan: float = 0.0  # -1 left .. 1 right (CC10), before the mono downmix
     eq_tilt_db: float = 0.0  # highs up / lows down by half of it each (render.tilt)
     reverb: float = 0.0  # send to the track's room (0: dry)
+    voicing: dict = field(default_factory=dict)  # SoundFont generator offsets (expression.VOICING), FluidSynth only
     fallback: bool = False  # rendered by another bank than the one first chosen (it lacked the program)
 
     def __post_init__(self):

@@ -5,6 +5,9 @@ notes of strings, winds, brass and voices; legato overlaps on monophonic sustain
 constant pitch bend of a few cents); palm-muted guitar (short, softer notes). None of these move an onset: the
 targets are the notes as played, and every timing change (humanizing, rubato) is already in the notes' ticks.
 Engineer: a stem's level around its genre template (+-12 dB in all), pan, EQ tilt and a room send.
+Sound designer (`mt3ds synth --voicing`): offsets to the SoundFont's own filter, envelope and LFO settings per stem,
+so that one bank's preset sounds like many instruments' takes on it (brighter or darker, resonant, slower or faster
+attack and decay, tremolo) rather than one fixed sample set.
 """
 from __future__ import annotations
 
@@ -55,6 +58,38 @@ def mix_settings(stem: Stem, role: str, genre: str, rng: np.random.Generator) ->
     stem.pan = 0.0 if role in ("bass", "drums", "lead") and rng.random() < 0.8 else float(rng.uniform(-0.8, 0.8))
     stem.eq_tilt_db = float(rng.normal(0, 2.5))
     stem.reverb = float(rng.uniform(0.05, 0.45)) if role != "bass" else float(rng.uniform(0.0, 0.1))
+
+
+# SoundFont 2.01 generators (FluidSynth's fluid_gen_type numbers) that change a preset's sound but not its pitch or
+# timing, and the range of the offset each may get at --voicing 1 (units: cents of cutoff, centibels, timecents)
+VOICING = {
+    "filter_cutoff": (8, -4200.0, 0.0),  # up to 3.5 octaves darker; an open filter cannot be opened further
+    "filter_q": (9, 0.0, 180.0),  # a resonance of up to 18 dB at the cutoff
+    "attack": (34, -1200.0, 2400.0),  # half to four times the preset's attack
+    "decay": (36, -2400.0, 1200.0),
+    "sustain": (37, 0.0, 200.0),  # a sustain up to 20 dB lower: a held note dies away
+    "release": (38, -1200.0, 1200.0),
+    "tremolo": (13, 0.0, 60.0),  # modulation LFO to volume, up to 6 dB
+    "wah": (10, 0.0, 1800.0),  # modulation LFO to filter cutoff
+}
+VOICING_SHARE = {"filter_cutoff": 0.7, "filter_q": 0.4, "attack": 0.5, "decay": 0.5, "sustain": 0.3,
+                 "release": 0.5, "tremolo": 0.15, "wah": 0.15}  # how often each is touched
+DRUM_VOICING = ("filter_cutoff", "filter_q", "decay", "release")  # a kit keeps its attacks
+
+
+def voicing(stem: Stem, rng: np.random.Generator, amount: float = 1.0) -> dict:
+    """Random generator offsets for STEM ({name: offset}, see VOICING), scaled by AMOUNT (0: none). Every draw is
+    taken whatever is kept, so a stem's offsets do not depend on which others were touched."""
+    names = DRUM_VOICING if stem.is_drum else tuple(VOICING)
+    out = {}
+    for name in names:
+        _, low, high = VOICING[name]
+        touch, value = rng.random(), rng.uniform(low, high)
+        if amount > 0 and touch < VOICING_SHARE[name]:
+            out[name] = round(float(value) * amount, 1)
+    if "filter_cutoff" not in out:  # resonance and a cutoff LFO mean little on an untouched (often open) filter
+        out.pop("filter_q", None)
+    return out
 
 
 def _as_rows(rows: list, width: int) -> np.ndarray:

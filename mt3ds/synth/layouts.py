@@ -111,7 +111,9 @@ def slakh_metadata(uuid: str, arr: Arrangement, loudness: list, overall_gain: fl
                       "stem_parts": {f"S{i:02d}": list(s.parts) for i, s in enumerate(arr.stems)},
                       "stem_gain_db": {f"S{i:02d}": round(s.gain_db, 3) for i, s in enumerate(arr.stems)},
                       "stem_mix": {f"S{i:02d}": {"pan": round(s.pan, 3), "eq_tilt_db": round(s.eq_tilt_db, 3),
-                                                 "reverb": round(s.reverb, 3)} for i, s in enumerate(arr.stems)},
+                                                 "reverb": round(s.reverb, 3),
+                                                 **({"voicing": s.voicing} if s.voicing else {})}
+                                   for i, s in enumerate(arr.stems)},
                       "drum_kit_preset": next((s.midi_program for s in arr.stems if s.is_drum), None)}}
 
 

@@ -29,6 +29,7 @@ import numpy as np
 from ..data.audio import integrated_loudness
 from ..errors import UserError
 from .arrange import Arrangement, Stem
+from .expression import VOICING
 from .banks import DRUMKIT, TIMIDITY
 
 SAMPLE_RATE = 16000
@@ -42,6 +43,7 @@ CLIP_SHARE = 1e-3  # a fixed-point engine output with this share of samples at f
 TIMIDITY_PACKAGE = "timidity freepats"
 
 _write_float = None
+_set_gen = None
 
 
 class BadRender(Exception):
@@ -49,10 +51,16 @@ class BadRender(Exception):
 
 
 def _fluidsynth():
-    """The pyfluidsynth module and fluid_synth_write_float (pyfluidsynth only wraps the 16-bit writer)."""
-    global _write_float
+    """The pyfluidsynth module, fluid_synth_write_float (pyfluidsynth only wraps the 16-bit writer) and
+    fluid_synth_set_gen (not wrapped either)."""
+    global _write_float, _set_gen
     import fluidsynth
 
+    if _set_gen is None:
+        gen = fluidsynth._fl.fluid_synth_set_gen  # an offset on a channel's generator: applies to every new voice
+        gen.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_float]
+        gen.restype = ctypes.c_int
+        _set_gen = gen
     if _write_float is None:
         fn = fluidsynth._fl.fluid_synth_write_float
         fn.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
@@ -121,6 +129,8 @@ def _render_fluidsynth(arr: Arrangement, stem: Stem, n_samples: int, sample_rate
         else:
             (bank, preset), chan = stem.bank.preset_for(stem.program), 0
         synth.program_select(chan, sfid, bank, preset)
+        for name, offset in stem.voicing.items():
+            _set_gen(synth.synth, chan, VOICING[name][0], float(offset))
         left = np.zeros(n_samples, dtype=np.float32)
         right = np.zeros(n_samples, dtype=np.float32)
         lp, rp = left.ctypes.data, right.ctypes.data

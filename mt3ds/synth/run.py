@@ -32,11 +32,13 @@ from ..errors import UserError, first_line
 from ..files import write_text_atomic
 from . import corpus
 from .arrange import LAYOUTS, arrange
-from .banks import Bank, Palette, available_banks, parse_holdout_timbres, soundfont_bank, split_palettes
+from .banks import FLUIDSYNTH, Bank, Palette, available_banks, parse_holdout_timbres, soundfont_bank, split_palettes
 from .corpus import Work
+from .expression import voicing
 
 FORMAT = "mt3ds-synth-v2"
 CONFIG_NAME = "mt3ds_synth.json"
+VOICING_STREAM = 0x766F  # the voicing draws' stream, apart from the arrangement's (numpy SeedSequence entropy)
 SONGS_GROUP = "songs"  # generated songs are planned as works of this group: 'songs/000123'
 MAESTRO_YEARS = (2004, 2006, 2008, 2009, 2011, 2013, 2014, 2015, 2017, 2018)
 INSTALL_HINT = ("apt-get install -y --no-install-recommends fluidsynth fluid-soundfont-gm timgm6mb-soundfont "
@@ -68,6 +70,7 @@ class SynthOptions:
     workers: int = 1  # processes for parsing and rendering
     max_seconds: float = 300.0  # a longer work is rendered as an excerpt of whole bars at most this long
     parse_timeout: float = 180.0  # seconds music21 may spend on one file (whole quartets take a minute or more)
+    voicing: float = 0.0  # scale of the random SoundFont generator offsets per stem (expression.voicing); 0: none
     cache: Path | None = None  # parsed-work cache; default $XDG_CACHE_HOME/mt3ds/music21
     works: list | None = None  # explicit corpus paths instead of the whole corpus
     holdout: Path | None = None  # the held-out list; default the one bundled in mt3ds/assets
@@ -83,6 +86,8 @@ class SynthOptions:
             raise UserError(f"--workers {self.workers}: must be at least 1")
         if not self.max_seconds >= 5:
             raise UserError(f"--max-seconds {self.max_seconds}: must be at least 5")
+        if not 0.0 <= self.voicing <= 1.0:
+            raise UserError(f"--voicing {self.voicing}: a scale between 0 and 1")
         if not self.parse_timeout > 0:
             raise UserError(f"--parse-timeout {self.parse_timeout}: must be positive")
         if self.songs is None:
@@ -174,7 +179,8 @@ def _identity(opts: SynthOptions, banks: list[Bank], held_timbres: list[str], ho
             "banks": [{"name": b.name, "engine": b.engine, "file": Path(b.path).name} for b in banks],
             "holdout_timbres": list(held_timbres), "songs": opts.songs,
             "works": sorted(opts.works) if opts.works is not None else None,
-            "holdout": sorted(holdout), "music21": music21.__version__}
+            "holdout": sorted(holdout), "music21": music21.__version__,
+            **({"voicing": opts.voicing} if opts.voicing else {})}  # absent when off: older folders still resume
 
 
 def _check_out(opts: SynthOptions, identity: dict) -> None:
@@ -265,6 +271,7 @@ class _Context:
     held: Palette  # banks validation and test tracks hear
     max_seconds: float
     cache: str
+    voicing: float = 0.0
 
 
 def palette_for(split: str, train: Palette, held: Palette) -> Palette:
@@ -310,6 +317,11 @@ def _render_track(r: Render, ctx: _Context) -> None:
     out = Path(ctx.out)
     arr = arrange_render(r, palette_for(r.split, ctx.train, ctx.held), ctx.layout, ctx.max_seconds, ctx.cache)
     n = total_samples(arr)
+    if ctx.voicing > 0:  # its own stream: the arrangement is the same with or without voicing
+        rng = np.random.default_rng([r.seed, VOICING_STREAM])
+        for stem in arr.stems:
+            drawn = voicing(stem, rng, ctx.voicing)
+            stem.voicing = drawn if stem.bank.engine == FLUIDSYNTH else {}
     audio = [render_stem(arr, stem, n, seed=r.seed + i) for i, stem in enumerate(arr.stems)]
     mix, stems, overall, lufs = mix_stems(process_stems(arr, audio, r.seed), [s.gain_db for s in arr.stems])
     if ctx.layout == "slakh":
@@ -491,7 +503,8 @@ def run_synth(opts: SynthOptions) -> dict:
     try:
         plan = plan_renders(opts, works, (train_pal, held_pal), cache, pool, skipped)
         todo = [r for r in plan if not is_done(opts.out, opts.layout, r)]
-        ctx = _Context(str(opts.out), opts.layout, opts.seed, train_pal, held_pal, opts.max_seconds, str(cache))
+        ctx = _Context(str(opts.out), opts.layout, opts.seed, train_pal, held_pal, opts.max_seconds, str(cache),
+                       opts.voicing)
         failed, rendered_s, render_wall = {}, 0.0, 0.0
         jobs = [(r, ctx) for r in todo]
         results = pool.imap_unordered(_render_one, jobs) if pool else map(_render_one, jobs)
