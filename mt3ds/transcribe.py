@@ -21,8 +21,8 @@ Where the notes come from (--notes):
 
 Memory stays bounded on long inputs: a batch (32 chunks on the CPU, 64 on a GPU, --batch-size) is cut from the
 prepared waveform when it is decoded, so features, the decoder's KV cache and every other per-chunk tensor exist for
-one batch at a time; what grows with the file is its 16 kHz waveform (230 MB per hour; the offline chain's float64
-passes over it peak at ~8x that, mt3ds/data/audio.py), the heads' float16 class-agnostic rolls (3 x 88 per 8 ms
+one batch at a time; what grows with the file is its 16 kHz waveform (230 MB per hour; the offline chain works
+block by block on one float64 copy of it, mt3ds/data/audio.py), the heads' float16 class-agnostic rolls (3 x 88 per 8 ms
 frame, 240 MB per hour; the class rolls kept only where notes sound), and the decoded tokens and notes. Figures:
 BENCHMARKS.md, Transcription memory.
 """
@@ -260,10 +260,19 @@ class Pipeline:
                          use_cache: bool = True, progress=None, notes_from: str | None = None):
         """16 kHz mono waveform -> (Notes, number of chunks). notes_from: "frames", "tokens" or None (the model's
         default, see notes_source)."""
+        from .data.audio import prepare
+
+        return self.transcribe_prepared(prepare(audio, self.audio_cfg, name), len(audio), programs, batch_size, beam,
+                                        use_cache, progress, notes_from)
+
+    def transcribe_prepared(self, prepared: np.ndarray, n_samples: int, programs=None, batch_size=None,
+                            beam: int = 1, use_cache: bool = True, progress=None, notes_from: str | None = None):
+        """transcribe_audio after the offline chain (data.audio.prepare): the caller can let the raw waveform go
+        first, so a long file is not held twice."""
         source = self.notes_source(notes_from)
-        decoded = self.decode_audio(audio, name, programs, batch_size, beam, use_cache, progress,
-                                    notes_from=source)
-        return self.read_notes(decoded, len(audio), programs), len(decoded.tokens)
+        decoded = self.decode_chunks(Chunks(prepared, self.audio_cfg.chunk_samples), programs, batch_size, beam,
+                                     use_cache, progress, notes_from=source)
+        return self.read_notes(decoded, n_samples, programs), len(decoded.tokens)
 
     def decode_audio(self, audio: np.ndarray, name: str, programs=None, batch_size=None, beam: int = 1,
                      use_cache: bool = True, progress=None, with_rolls: bool = False,
@@ -352,7 +361,7 @@ def transcribe(inputs, out, model=None, instruments: str | None = None, device: 
     """Transcribe audio files or folders into General MIDI files; a bad file is reported and the rest go on."""
     from tqdm import tqdm
 
-    from .data.audio import load_audio
+    from .data.audio import load_audio, prepare
     from .tokens.midi import write_midi
 
     if beam < 1:
@@ -372,14 +381,16 @@ def transcribe(inputs, out, model=None, instruments: str | None = None, device: 
     for src, dst in zip(files, outputs):
         try:
             audio = load_audio(src, pipeline.audio_cfg.sample_rate)
-            n_chunks = -(-len(audio) // pipeline.audio_cfg.chunk_samples)
+            n_samples = len(audio)
+            audio = prepare(audio, pipeline.audio_cfg, str(src))  # the raw waveform is let go here
+            n_chunks = -(-n_samples // pipeline.audio_cfg.chunk_samples)
             if bar is None:
                 bar = tqdm(total=n_chunks, unit="chunk", disable=not progress, file=sys.stderr, dynamic_ncols=True)
             else:
                 bar.total += n_chunks  # the total grows as each further file is read
             bar.set_description(src.name)
-            notes, _ = pipeline.transcribe_audio(audio, src.stem, programs, batch_size, beam, progress=bar,
-                                                 notes_from=notes_from)
+            notes, _ = pipeline.transcribe_prepared(audio, n_samples, programs, batch_size, beam, progress=bar,
+                                                    notes_from=notes_from)
         except UserError as e:
             message = first_line(e)
             reason = message if str(src) in message else f"{src}: {message}"
@@ -393,7 +404,7 @@ def transcribe(inputs, out, model=None, instruments: str | None = None, device: 
             write_csv(notes, dst.with_suffix(".csv"))
         if plot:
             write_plot(notes, dst.with_suffix(".png"), src.name)
-        result.written.append((str(src), str(dst), len(notes), len(audio) / pipeline.audio_cfg.sample_rate))
+        result.written.append((str(src), str(dst), len(notes), n_samples / pipeline.audio_cfg.sample_rate))
     if bar is not None:
         bar.close()
     return result

@@ -90,6 +90,23 @@ def test_high_pass_removes_dc_and_rumble_with_zero_phase():
     np.testing.assert_allclose(y, ss.filtfilt(b, a, x), atol=1e-12)
 
 
+def test_block_by_block_passes_equal_whole_track_ones(monkeypatch):
+    """The chain's whole-track passes run in blocks (memory flat in track length): with blocks far shorter than
+    the track they still give filtfilt's, pyloudnorm's and full oversampling's numbers, and prepare's samples."""
+    rng = np.random.default_rng(5)
+    n = 6 * SR + 123
+    x = rng.standard_normal(n) * 0.1 * np.linspace(0.2, 1.0, n) ** 2 + 0.01
+    whole = A.prepare(x, CFG, "k")
+    monkeypatch.setattr(A, "_FILTER_BLOCK", 5000)  # not a multiple of the loudness grid or the true-peak block
+    kept = x.copy()
+    b, a = ss.butter(2, 30.0, "highpass", fs=SR)
+    np.testing.assert_allclose(A.highpass_zero_phase(x, SR, 30.0), ss.filtfilt(b, a, x), atol=1e-12)
+    assert np.array_equal(x, kept)  # the caller's array is left alone unless inplace=True
+    assert A.integrated_loudness(x, SR) == pytest.approx(lufs(x), abs=1e-9)
+    assert A.true_peak(x) == pytest.approx(np.abs(ss.resample_poly(x, 4, 1)).max(), rel=1e-12)
+    assert np.array_equal(A.prepare(x, CFG, "k"), whole)
+
+
 def test_prepare_brings_loudness_to_target():
     x = tone(440.0, 5.0, 0.05) + tone(1500.0, 5.0, 0.025, seed=1)  # ~ -29 LUFS: +6 dB, inside the clamp
     y = A.prepare(x, PLAIN, "k")

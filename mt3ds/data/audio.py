@@ -32,6 +32,7 @@ _TP_MARGIN = 64  # > resample_poly's 10 input samples of filter half-length: blo
 
 
 STREAM_BLOCK_SECONDS = 60.0  # longer files are decoded and resampled block by block
+_FILTER_BLOCK = 1 << 20  # samples per block of the chain's whole-track passes: memory stays flat in track length
 
 
 def load_audio(path, sample_rate: int = 16000) -> np.ndarray:
@@ -87,18 +88,27 @@ def _highpass(sample_rate: int, cutoff_hz: float) -> tuple[np.ndarray, np.ndarra
     return b, a, ss.lfilter_zi(b, a)
 
 
-def highpass_zero_phase(x: np.ndarray, sample_rate: int, cutoff_hz: float) -> np.ndarray:
+def highpass_zero_phase(x: np.ndarray, sample_rate: int, cutoff_hz: float, inplace: bool = False) -> np.ndarray:
     """2nd-order Butterworth high-pass run forward then backward (zero phase), float64; what scipy's filtfilt
-    does (odd extension of 9 samples, steady-state initial conditions) with fewer copies of a long track."""
+    does (odd extension of 9 samples, steady-state initial conditions), block by block with no copy of the track
+    beyond the float64 one (INPLACE and X float64: not even that; X is overwritten)."""
+    x = np.asarray(x, dtype=np.float64) if inplace else np.array(x, dtype=np.float64)
     b, a, zi = _highpass(sample_rate, cutoff_hz)
     pad = min(9, len(x) - 1)
     if pad < 1:
-        return np.asarray(x, dtype=np.float64).copy()
-    ext = np.concatenate([2 * x[0] - x[pad:0:-1], x, 2 * x[-1] - x[-2:-pad - 2:-1]])
-    y, _ = ss.lfilter(b, a, ext, zi=zi * ext[0])
-    y = y[::-1]
-    y, _ = ss.lfilter(b, a, y, zi=zi * y[0])
-    return y[::-1][pad:len(y) - pad]
+        return x.copy()
+    head = 2 * x[0] - x[pad:0:-1]
+    tail = 2 * x[-1] - x[-2:-pad - 2:-1]  # read before the forward pass overwrites X
+    _, state = ss.lfilter(b, a, head, zi=zi * head[0])
+    for s in range(0, len(x), _FILTER_BLOCK):  # a filter's state carried across blocks: the same samples as one call
+        x[s:s + _FILTER_BLOCK], state = ss.lfilter(b, a, x[s:s + _FILTER_BLOCK], zi=state)
+    tail, _ = ss.lfilter(b, a, tail, zi=state)
+    _, state = ss.lfilter(b, a, tail[::-1], zi=zi * tail[-1])  # the backward pass starts at the extension's end
+    for e in range(len(x), 0, -_FILTER_BLOCK):
+        s = max(0, e - _FILTER_BLOCK)
+        y, state = ss.lfilter(b, a, x[s:e][::-1], zi=state)
+        x[s:e] = y[::-1]
+    return x
 
 
 @lru_cache(maxsize=8)
@@ -149,16 +159,15 @@ def integrated_loudness(x: np.ndarray, sample_rate: int) -> float:
     arithmetic, run as one sosfilt and vectorized gating instead of two lfilters and per-block Python loops
     (pinned equal to pyloudnorm by the tests). -inf when every block is under the absolute gate."""
     meter = _meter(sample_rate)
-    y = ss.sosfilt(_k_weighting(sample_rate), np.asarray(x, dtype=np.float64))
-    n, t_g, step = len(y), meter.block_size, 1.0 - meter.overlap
+    n, t_g, step = len(x), meter.block_size, 1.0 - meter.overlap
     n_blocks = int(np.round((n / sample_rate - t_g) / (t_g * step))) + 1
     j = np.arange(n_blocks)
     lo = (t_g * (j * step) * sample_rate).astype(np.int64)  # the same truncations as pyloudnorm
     hi = np.minimum((t_g * (j * step + 1) * sample_rate).astype(np.int64), n)
     cuts = np.unique(np.concatenate([lo, hi]))
     cuts = cuts[cuts < n]
-    y *= y
-    energy = np.concatenate([[0.0], np.cumsum(np.add.reduceat(y, cuts))])  # energy before each cut, then total
+    sums = _segment_energy(x, cuts, _k_weighting(sample_rate))
+    energy = np.concatenate([[0.0], np.cumsum(sums)])  # energy before each cut, then total
     z = (energy[np.searchsorted(cuts, hi)] - energy[np.searchsorted(cuts, lo)]) / (t_g * sample_rate)
     with np.errstate(divide="ignore"):
         block_lufs = -0.691 + 10.0 * np.log10(z)
@@ -172,6 +181,22 @@ def integrated_loudness(x: np.ndarray, sample_rate: int) -> float:
     return float(-0.691 + 10.0 * np.log10(z[gated].mean()))
 
 
+def _segment_energy(x: np.ndarray, cuts: np.ndarray, sos: np.ndarray) -> np.ndarray:
+    """Sum of squares of X filtered by SOS between consecutive CUTS (cuts[0] == 0; the last runs to the end):
+    filtered a run of whole segments at a time, so no filtered copy of the whole track is made."""
+    sums, state, start = [], np.zeros((len(sos), 2)), 0
+    while start < len(cuts):
+        stop = start + 1
+        while stop < len(cuts) and cuts[stop] - cuts[start] < _FILTER_BLOCK:
+            stop += 1
+        end = cuts[stop] if stop < len(cuts) else len(x)
+        y, state = ss.sosfilt(sos, np.asarray(x[cuts[start]:end], dtype=np.float64), zi=state)
+        y *= y
+        sums.append(np.add.reduceat(y, cuts[start:stop] - cuts[start]))
+        start = stop
+    return np.concatenate(sums) if sums else np.zeros(0)
+
+
 def true_peak(x: np.ndarray, above: float = 0.0) -> float:
     """Peak |x| of X oversampled 4x (resample_poly's filter), exact wherever it exceeds ABOVE (below that, a lower
     bound). Only blocks that could hold it are oversampled: a block whose nearby sample peak times the filter's
@@ -182,9 +207,14 @@ def true_peak(x: np.ndarray, above: float = 0.0) -> float:
     h, bound = _tp_filter()
     delay = (len(h) - 1) // 2
     nb = -(-n // _TP_BLOCK)
-    absx = np.zeros(nb * _TP_BLOCK)
-    np.abs(x, out=absx[:n])
-    local = absx.reshape(nb, _TP_BLOCK).max(axis=1)
+    local = np.zeros(nb)
+    span = _TP_BLOCK * (_FILTER_BLOCK // _TP_BLOCK)
+    for s in range(0, n, span):  # each block's peak |sample|, a span of blocks at a time
+        part = np.abs(x[s:s + span])
+        full = len(part) // _TP_BLOCK
+        local[s // _TP_BLOCK:s // _TP_BLOCK + full] = part[:full * _TP_BLOCK].reshape(full, _TP_BLOCK).max(axis=1)
+        if len(part) > full * _TP_BLOCK:
+            local[s // _TP_BLOCK + full] = part[full * _TP_BLOCK:].max()
     near = local.copy()  # the filter reaches 10 samples into the neighbouring blocks
     near[1:] = np.maximum(near[1:], local[:-1])
     near[:-1] = np.maximum(near[:-1], local[1:])
@@ -210,7 +240,7 @@ def prepare(audio: np.ndarray, cfg: AudioConfig, name: str = "audio") -> np.ndar
         raise UserError(f"{name}: audio contains NaN or infinite samples")
     x = x.astype(np.float64)
     x -= x.mean()  # DC removal before the filter so its start-up transient is not a step
-    x = highpass_zero_phase(x, cfg.sample_rate, cfg.hp_cutoff_hz)
+    x = highpass_zero_phase(x, cfg.sample_rate, cfg.hp_cutoff_hz, inplace=True)
     gain = 10.0 ** (loudness_gain_db(x, cfg) / 20.0)
     ceiling = 10.0 ** (cfg.true_peak_dbfs / 20.0)
     peak = float(np.abs(x).max()) if len(x) else 0.0
@@ -220,8 +250,11 @@ def prepare(audio: np.ndarray, cfg: AudioConfig, name: str = "audio") -> np.ndar
             gain = ceiling / tp
     x *= gain
     if cfg.pre_emphasis:
-        x[1:] -= cfg.pre_emphasis * x[:-1]  # the right side is a new array, read before the write
+        for e in range(len(x), 1, -_FILTER_BLOCK):  # back to front: each block reads samples not yet changed
+            s = max(1, e - _FILTER_BLOCK)
+            x[s:e] -= cfg.pre_emphasis * x[s - 1:e - 1]  # the right side is a new array, read before the write
     out = x.astype(np.float32)
+    del x
     if cfg.dither:
         rng = np.random.default_rng(seed_from_samples(out))
         tpdf = rng.random(len(out), dtype=np.float32)

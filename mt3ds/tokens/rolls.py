@@ -222,15 +222,17 @@ class ClassEvidence:
         if not self._cells:
             return np.zeros((len(start), N_CLASSES), np.float32)
         if self._index is None:
-            cells, probs = np.concatenate(self._cells), np.concatenate(self._probs).astype(np.float32) / 255
+            cells = np.concatenate(self._cells)
             flat = cells[:, 1] * (self.frames_seen + 1) + cells[:, 0]  # by key, then frame
+            del cells
             order = np.argsort(flat, kind="stable")
-            self._index = flat[order], np.concatenate([np.zeros((1, N_CLASSES)),
-                                                        np.cumsum(probs[order], axis=0, dtype=np.float64)])
+            csum = np.zeros((len(order) + 1, N_CLASSES), np.int64)  # sums of the uint8 levels: exact, no float copy
+            np.cumsum(np.concatenate(self._probs)[order], axis=0, out=csum[1:])
+            self._index = flat[order], csum
         flat, csum = self._index
         lo = np.searchsorted(flat, key * (self.frames_seen + 1) + start)
         hi = np.searchsorted(flat, key * (self.frames_seen + 1) + end)
-        return ((csum[hi] - csum[lo]) / np.maximum(end - start, 1)[:, None]).astype(np.float32)
+        return ((csum[hi] - csum[lo]) / (255.0 * np.maximum(end - start, 1)[:, None])).astype(np.float32)
 
 
 def peaks(prob: np.ndarray, threshold: float, min_gap: int) -> np.ndarray:
@@ -431,7 +433,11 @@ class RollReader:
 
         def cat(name, width):
             parts = self._parts[name]
-            return np.concatenate(parts) if parts else np.zeros((0, width), np.float16)
+            if not parts:
+                return np.zeros((0, width), np.float16)
+            if len(parts) > 1:  # joined one roll at a time, its pieces freed at once: a long file's rolls are
+                parts[:] = [np.concatenate(parts)]  # never held twice over
+            return parts[0]
 
         return HeadRolls(cat("onset", N_KEYS), cat("frame", N_KEYS), cat("offset", N_KEYS),
                          cat("drums", N_DRUM_CLASSES), self.evidence, self.program_votes, self.hinted,
