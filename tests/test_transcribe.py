@@ -265,6 +265,18 @@ def test_bench_transcribe_times_the_default_reading(model_path):
     assert fig["rtf_tokens_uncached"] > 0 and "rtf_frames" not in fig  # the fixture model has no note heads
 
 
+def test_long_file_peak_memory_is_the_child_own(model_path, tmp_path):
+    """The figure is the transcribing process's own high-water mark, not the parent's pages it was forked with: a
+    parent holding a large array does not raise it."""
+    from mt3ds.bench.transcribe import _peak_rss_mb
+
+    small = _peak_rss_mb(tmp_path, model_path, 0.05, tmp_path)
+    ballast = np.ones(600 * 2**20 // 8)  # 600 MB resident in this (parent) process
+    heavy = _peak_rss_mb(tmp_path, model_path, 0.05, tmp_path)
+    assert ballast.sum() > 0 and 100 < heavy < small + 300
+    assert (tmp_path / "long.mid").is_file()
+
+
 def test_chunks_view_cuts_rows_as_chunk_does():
     from mt3ds.data.audio import chunk
     from mt3ds.transcribe import Chunks

@@ -66,17 +66,29 @@ def _basic_pitch_rtf(path: Path, seconds: float, warm: Path) -> float | None:
         return (time.perf_counter() - t0) / seconds
 
 
+_PEAK_CHILD = """import runpy, sys
+sys.argv = sys.argv[1:]
+try:
+    runpy.run_module("mt3ds", run_name="__main__", alter_sys=True)
+finally:
+    with open("/proc/self/status") as f, open(sys.argv[-1] + ".peak", "w") as out:
+        out.write(next(line for line in f if line.startswith("VmHWM:")).split()[1])
+"""
+
+
 def _peak_rss_mb(path: Path, model, minutes: float, tmp: Path) -> float:
-    """Peak resident memory (MB) of `mt3ds transcribe` on a file of `minutes`, in a fresh process."""
-    import resource
+    """Peak resident memory (MB) of `mt3ds transcribe` on a file of `minutes`, in a fresh process. The process reads
+    its own high-water mark (VmHWM) as it ends: the kernel's ru_maxrss of a child also counts the parent's pages it
+    was forked with, which here (a parent holding models) would be most of the figure."""
     import subprocess
 
     long = tmp / "long.wav"
     render_test_file(long, minutes * 60, sample_rate=16000, seed=2)
-    cmd = [sys.executable, "-m", "mt3ds", "transcribe", str(long), "-o", str(tmp / "long.mid"), "--quiet",
-           "--device", "cpu"] + (["--model", str(model)] if model else [])
+    out = tmp / "long.mid"
+    cmd = [sys.executable, "-c", _PEAK_CHILD, "mt3ds", "transcribe", str(long), "--quiet", "--device", "cpu"] \
+        + (["--model", str(model)] if model else []) + ["-o", str(out)]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KB on Linux
+    return int(Path(str(out) + ".peak").read_text()) / 1024  # kB
 
 
 def bench_transcribe(model=None, seconds: float = 60.0, uncached_chunks: int = 2, device: str = "cpu",
