@@ -7,7 +7,8 @@ made, one module per stage:
     arrange.py     one render of a work: instruments per part, tempo curve, humanized notes, pedal, in MIDI ticks
     drums.py       a generated drum part in the piece's meter (grooves, variation, fills, crashes)
     songs.py       a generated pop/rock/funk/jazz/latin/electronic/ballad song as an arrangement
-    expression.py  players' controllers (vibrato, swells, legato, detune, palm mute) and the mix settings
+    expression.py  players' controllers (vibrato, swells, legato, detune, palm mute), the mix settings and
+                   --voicing's SoundFont filter/envelope/LFO offsets
     banks.py       the banks (SoundFonts, TiMidity++ patch sets, Hydrogen kits) and the cross-timbre split
     drumkit.py     the Hydrogen kit sample player
     render.py      each stem through its engine at 16 kHz, EQ and room, the mix as the sum of the stems
