@@ -53,5 +53,6 @@ def main() -> None:
         print(f"{name}: encoder blocks {blocks / 1e6:.2f} M params, {best:.3f} s for {audio_s:.1f} s of audio, "
               f"RTF {best / audio_s:.4f}")
 
+
 if __name__ == "__main__":
     main()

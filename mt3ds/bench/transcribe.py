@@ -67,13 +67,13 @@ def _basic_pitch_rtf(path: Path, seconds: float, warm: Path) -> float | None:
 
 
 _PEAK_CHILD = """import runpy, sys
-sys.argv = sys.argv[1:]
+peak, sys.argv = sys.argv[1], sys.argv[2:]
 try:
     runpy.run_module("mt3ds", run_name="__main__", alter_sys=True)
 finally:
-    with open("/proc/self/status") as f, open(sys.argv[-1] + ".peak", "w") as out:
+    with open("/proc/self/status") as f, open(peak, "w") as out:
         out.write(next(line for line in f if line.startswith("VmHWM:")).split()[1])
-"""
+"""  # argv: PEAK_FILE mt3ds ARGS...; writes its own high-water mark in kB to PEAK_FILE
 
 
 def _peak_rss_mb(path: Path, model, minutes: float, tmp: Path) -> float:
@@ -84,11 +84,11 @@ def _peak_rss_mb(path: Path, model, minutes: float, tmp: Path) -> float:
 
     long = tmp / "long.wav"
     render_test_file(long, minutes * 60, sample_rate=16000, seed=2)
-    out = tmp / "long.mid"
-    cmd = [sys.executable, "-c", _PEAK_CHILD, "mt3ds", "transcribe", str(long), "--quiet", "--device", "cpu"] \
-        + (["--model", str(model)] if model else []) + ["-o", str(out)]
+    peak = tmp / "long.peak"
+    cmd = [sys.executable, "-c", _PEAK_CHILD, str(peak), "mt3ds", "transcribe", str(long), "-o", str(tmp / "long.mid"),
+           "--quiet", "--device", "cpu"] + (["--model", str(model)] if model else [])
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    return int(Path(str(out) + ".peak").read_text()) / 1024  # kB
+    return int(peak.read_text()) / 1024  # kB
 
 
 def bench_transcribe(model=None, seconds: float = 60.0, uncached_chunks: int = 2, device: str = "cpu",

@@ -186,9 +186,7 @@ def _segment_energy(x: np.ndarray, cuts: np.ndarray, sos: np.ndarray) -> np.ndar
     filtered a run of whole segments at a time, so no filtered copy of the whole track is made."""
     sums, state, start = [], np.zeros((len(sos), 2)), 0
     while start < len(cuts):
-        stop = start + 1
-        while stop < len(cuts) and cuts[stop] - cuts[start] < _FILTER_BLOCK:
-            stop += 1
+        stop = max(start + 1, int(np.searchsorted(cuts, cuts[start] + _FILTER_BLOCK)))  # whole segments, ~a block
         end = cuts[stop] if stop < len(cuts) else len(x)
         y, state = ss.sosfilt(sos, np.asarray(x[cuts[start]:end], dtype=np.float64), zi=state)
         y *= y
