@@ -158,6 +158,8 @@ class Pipeline:
             onset_threshold=_threshold("--onset-threshold", onset_threshold, None),
             frame_threshold=_threshold("--frame-threshold", frame_threshold, None),
             drum_threshold=drum_threshold, min_gap_s=min_gap_s)
+        # every program's per-frame probabilities are kept only for a reading that splits classes by program
+        self.keep_programs = self.reading.program_split > 0
         default_onset, default_frame = ((self.reading.onset_threshold, self.reading.frame_threshold) if self.has_heads
                                         else (ONSET_THRESHOLD, FRAME_THRESHOLD))
         self.onset_threshold = onset_threshold if onset_threshold is not None else default_onset
@@ -220,7 +222,7 @@ class Pipeline:
         source = notes_from or ("hybrid" if with_rolls else "tokens")
         batch_size = batch_size or self.default_batch()
         search = Search(beam_size=beam, use_cache=use_cache)  # the grammar keeps every chunk well formed
-        tokens, rolls, reader = [], [], RollReader(programs) if source == "frames" else None
+        tokens, rolls, reader = [], [], RollReader(programs, self.keep_programs) if source == "frames" else None
         frames = self.feature_cfg.frames
         for start in range(0, len(chunks), batch_size):
             audio = torch.from_numpy(np.ascontiguousarray(chunks[start:start + batch_size])).to(self.device)

@@ -293,6 +293,36 @@ def test_two_listed_programs_of_one_class_split_its_notes():
     assert len(set(read_heads(unhinted.rolls(), FRAME, ReadSettings(min_track_notes=0)).program.tolist())) == 1
 
 
+def test_program_split_keeps_two_programs_of_one_class_without_a_list():
+    """Two guitars (clean 27, overdriven 30) with no --instruments list: program_split keeps both as tracks, each
+    note on the one its frames favour; without it, or when one would be a track too small, the class is one track."""
+    n = 80
+    probs = {"onset": np.zeros((1, n, 1, N_KEYS), np.float32), "frame": np.zeros((1, n, GROUPS, N_KEYS), np.float32),
+             "offset": np.zeros((1, n, 1, N_KEYS), np.float32), "drums": np.zeros((1, n, N_DRUM_CLASSES)),
+             "programs": np.zeros((1, n, 128), np.float32)}
+    guitar = 1 + class_of_program(27)
+    played = [(2 + 8 * i, 40 + i, 27 if i % 3 else 30) for i in range(9)]
+    for t, key, program in played:
+        probs["onset"][0, t, 0, key] = 0.9
+        probs["frame"][0, t:t + 5, [0, guitar], key] = 0.9
+        probs["programs"][0, t:t + 5, program] = 0.8
+        probs["programs"][0, t:t + 5, 57 - program] = 0.2  # the other guitar, weaker
+        probs["programs"][0, t:t + 5, 24] = 0.05  # a third guitar, far below the split share
+    reader = RollReader(keep_programs=True)
+    reader.add(probs)
+    rolls = reader.rolls()
+    assert rolls.hinted_probs.dtype == np.uint8 and rolls.hinted_probs.shape == (n, 128)
+    split = read_heads(rolls, FRAME, ReadSettings(min_track_notes=0, program_split=0.3))
+    assert split.program.tolist() == [p for _, _, p in played]
+    assert set(read_heads(rolls, FRAME, ReadSettings(min_track_notes=0)).program.tolist()) == {27}
+    assert set(read_heads(rolls, FRAME, ReadSettings(min_track_notes=4, program_split=0.3)).program.tolist()) == {27}
+    plain = RollReader()
+    plain.add(probs)
+    assert plain.rolls().hinted_probs is None  # nothing kept per frame unless asked
+    with pytest.raises(ValueError, match="program_split"):
+        ReadSettings(program_split=1.5)
+
+
 def test_quantized_cpu_inference_runs_quietly(tmp_path, capsys):
     import soundfile as sf
 

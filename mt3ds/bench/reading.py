@@ -3,7 +3,7 @@
 The encoder and heads run once per file; the settings are then searched one group at a time (coordinate ascent,
 two passes) over the pooled scores of every file: onset threshold, minimum re-onset gap and onset shift for onset
 F1; frame and offset thresholds for onset+offset F1; the drum threshold for drum onset F1; the file-level class
-prior and the smallest track for multi-instrument F1. Use validation splits and recordings only, never test data:
+prior, the smallest track and the program split for multi-instrument F1. Use validation splits and recordings only, never test data:
 the chosen settings are what `mt3ds export --reading` stores as the model's defaults.
 
     mt3ds bench reading --model m.safetensors --dataset slakh --root data/world --dataset pairs --root real \
@@ -24,11 +24,12 @@ GRID = {
     "drum_threshold": (0.2, 0.3, 0.4, 0.5, 0.6),
     "class_prior": (0.0, 0.5, 1.0, 2.0),
     "min_track_notes": (0, 6, 20, 50),
+    "program_split": (0.0, 0.3, 0.5, 0.7),
 }
 # which pooled score each setting is chosen for
 TARGET = {"onset_threshold": "onset", "min_gap_s": "onset", "onset_shift_s": "onset",
           "frame_threshold": "onset_offset", "offset_threshold": "onset_offset", "drum_threshold": "drum_onset",
-          "class_prior": "multi_full", "min_track_notes": "multi_full"}
+          "class_prior": "multi_full", "min_track_notes": "multi_full", "program_split": "multi_full"}
 
 
 def _scores(pipeline, files, settings) -> dict:
@@ -51,6 +52,7 @@ def bench_reading(model, tracks, device: str = "cpu", passes: int = 2) -> dict:
 
     pipeline = Pipeline(model, device)
     pipeline.notes_source("frames")  # refuses a model without note heads
+    pipeline.keep_programs = True  # so program_split can be tried
     files, t0 = [], time.perf_counter()
     for track_id, path, ref in tracks:
         audio = load_audio(path, pipeline.audio_cfg.sample_rate)

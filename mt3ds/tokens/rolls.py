@@ -22,13 +22,16 @@ Each note then takes the class whose frame roll is strongest over its span, weig
 file's notes, repeated until stable (one instrument whose evidence flickers between two classes ends in the
 dominant one; choose_classes), classes with
 fewer than `min_track_notes` notes give their notes to the next best class, and each class takes the one program its
-frames vote for over the whole file: one instrument, one track. `--instruments` masks the classes and programs it
+frames vote for over the whole file: one instrument, one track (with `program_split` > 0 a class keeps each of
+its programs whose votes come close to its top one's, and its notes split between them by their frames' program
+probabilities). `--instruments` masks the classes and programs it
 does not list (drums included), and since the list says which classes sound, each note then takes its own best
 listed class (no share weighting, no smallest track); two listed programs of one class (violin and cello) split
 that class's notes by their program probabilities over each note.
 
 Memory for long files: the class-agnostic rolls are kept as float16 (3 x 88 per frame, 160 MB per hour); of the
-class rolls only the frames where some note sounds are kept (ClassEvidence); programs are summed as they come.
+class rolls only the frames where some note sounds are kept (ClassEvidence); programs are summed as they come, and
+kept per frame (uint8) only for a listed --instruments set or a reading with program_split.
 """
 from __future__ import annotations
 
@@ -171,6 +174,10 @@ class ReadSettings:
     """A class with fewer notes in a file gives them to their next best class (no one-note tracks)."""
     class_prior: float = 1.0
     """Exponent of the file-level class share that weights each note's class evidence (0: notes decide alone)."""
+    program_split: float = 0.0
+    """A class also writes a second (third, ...) program when that program's file-wide votes reach this share of
+    the class's top program's; each of the class's notes then takes the candidate its frames favour (0: one
+    program per class)."""
 
     def __post_init__(self):
         for name in ("onset_threshold", "frame_threshold", "offset_threshold", "drum_threshold"):
@@ -179,6 +186,8 @@ class ReadSettings:
                 raise ValueError(f"{name} must be between 0 and 1 (a probability), not {value}")
         if self.min_gap_s < 0 or self.min_note_s < 0 or self.min_track_notes < 0 or self.class_prior < 0:
             raise ValueError("min_gap_s, min_note_s, min_track_notes and class_prior must be >= 0")
+        if not 0.0 <= self.program_split <= 1.0:
+            raise ValueError(f"program_split must be between 0 and 1 (a share of votes), not {self.program_split}")
         if abs(self.onset_shift_s) > 0.2:
             raise ValueError(f"onset_shift_s must be within +-0.2 s, not {self.onset_shift_s}")
 
@@ -391,20 +400,26 @@ class HeadRolls:
     """float64 [N_CLASSES, 128]: per class, program probabilities summed over frames weighted by the class's
     strongest frame probability in that frame."""
     hinted: tuple[int, ...] = ()
-    """The --instruments pitched programs whose per-frame probabilities were kept (hinted_probs)."""
+    """The programs whose per-frame probabilities were kept (hinted_probs): the --instruments pitched programs, or
+    every program when the reading splits classes by program (RollReader keep_programs)."""
     hinted_probs: np.ndarray | None = None
-    """float16 [frames, len(hinted)]: so two listed programs of one class (violin and cello) split its notes."""
+    """uint8 [frames, len(hinted)], probability x 255: so two programs of one class (violin and cello) split its
+    notes."""
 
 
 class RollReader:
     """Collects the heads' probabilities chunk batch by chunk batch, then reads the whole file (read())."""
 
-    def __init__(self, hint: list[int] | None = None):
+    def __init__(self, hint: list[int] | None = None, keep_programs: bool = False):
+        """hint: the --instruments list; keep_programs: keep every program's per-frame probabilities (128 bytes a
+        frame, 58 MB an hour) for a reading with program_split, when no list is given."""
         import numpy as np
 
         self._parts = {"onset": [], "frame": [], "offset": [], "drums": [], "hinted": []}
         self.evidence = ClassEvidence()
         self.program_votes = np.zeros((N_CLASSES, N_PROGRAMS), np.float64)
+        if hint is None and keep_programs:
+            hint = list(range(N_PROGRAMS))
         self.hinted = tuple(p for p in (hint or []) if p != vocab.DRUM_PROGRAM)
 
     def add(self, probs: dict) -> None:
@@ -426,7 +441,8 @@ class RollReader:
         programs = flat(probs["programs"])
         self.program_votes += class_activity.T @ programs.astype(np.float64)
         if self.hinted:
-            self._parts["hinted"].append(programs[:, list(self.hinted)].astype(np.float16))
+            kept = np.round(np.asarray(programs[:, list(self.hinted)], np.float32) * 255)
+            self._parts["hinted"].append(kept.astype(np.uint8))
 
     def rolls(self) -> HeadRolls:
         import numpy as np
@@ -444,23 +460,49 @@ class RollReader:
                          cat("hinted", len(self.hinted)) if self.hinted else None)
 
 
-def _split_hinted(chosen: np.ndarray, classes: np.ndarray, start: np.ndarray, end: np.ndarray, rolls: HeadRolls
-                  ) -> np.ndarray:
-    """Where --instruments lists several programs of one class, each of that class's notes takes the listed
-    program with the highest mean probability over the note's frames."""
+def split_candidates(program_votes: np.ndarray, share: float) -> list[int]:
+    """The programs a class may split into without a list: per class, those whose file-wide votes reach `share`
+    of the class's top program's (the top one included)."""
     import numpy as np
 
-    hinted = np.asarray(rolls.hinted)
-    hinted_class = np.asarray(PROGRAM_CLASS)[hinted]
-    csum = np.concatenate([np.zeros((1, len(hinted))), np.cumsum(rolls.hinted_probs, 0, dtype=np.float64)])
+    program_class = np.asarray(PROGRAM_CLASS)
+    keep = []
+    for c in range(N_CLASSES):
+        candidates = np.flatnonzero(program_class == c)
+        votes = program_votes[c, candidates]
+        if votes.max() > 0:
+            keep += candidates[votes >= share * votes.max()].tolist()
+    return keep
+
+
+def _split_hinted(chosen: np.ndarray, classes: np.ndarray, start: np.ndarray, end: np.ndarray, rolls: HeadRolls,
+                  candidates: list[int], min_notes: int = 0) -> np.ndarray:
+    """Where a class has several candidate programs (listed by --instruments, or split_candidates), each of that
+    class's notes takes the candidate with the highest mean probability over the note's frames; a candidate left
+    with fewer than min_notes notes gives them to the class's most voted one (chosen)."""
+    import numpy as np
+
+    kept = {p: i for i, p in enumerate(rolls.hinted)}
+    candidates = np.asarray([p for p in candidates if p in kept], np.int64)
+    if not len(candidates):
+        return chosen
+    cols_of = np.asarray([kept[p] for p in candidates])
+    cand_class = np.asarray(PROGRAM_CLASS)[candidates]
     chosen = chosen.copy()
-    for c in np.unique(hinted_class):
-        cols = np.flatnonzero(hinted_class == c)
+    for c in np.unique(cand_class):
+        mine = np.flatnonzero(cand_class == c)
         sel = np.flatnonzero(classes == c)
-        if len(cols) < 2 or not len(sel):
+        if len(mine) < 2 or not len(sel):
             continue
-        mass = csum[end[sel]][:, cols] - csum[start[sel]][:, cols]  # [notes, listed programs of the class]
-        chosen[sel] = hinted[cols[np.argmax(mass, axis=1)]]
+        cols = cols_of[mine]
+        part = np.asarray(rolls.hinted_probs[:, cols], np.float64)  # [frames, the class's candidates]
+        csum = np.concatenate([np.zeros((1, len(cols))), np.cumsum(part, 0)])
+        mass = csum[end[sel]] - csum[start[sel]]  # [notes, candidates]
+        pick = candidates[mine][np.argmax(mass, axis=1)]
+        programs, counts = np.unique(pick, return_counts=True)
+        small = programs[counts < min_notes]
+        pick[np.isin(pick, small)] = chosen[sel][0]  # every note of a class shares its most voted program
+        chosen[sel] = pick
     return chosen
 
 
@@ -487,8 +529,12 @@ def read_heads(rolls: HeadRolls, seconds: float, settings: ReadSettings = ReadSe
             settings = replace(settings, class_prior=0.0, min_track_notes=0)
         classes = choose_classes(evidence, settings, allowed)
         chosen = choose_programs(rolls.program_votes, programs)[classes]
-        if rolls.hinted_probs is not None:
-            chosen = _split_hinted(chosen, classes, start, end, rolls)
+        if rolls.hinted_probs is not None and programs is not None:
+            chosen = _split_hinted(chosen, classes, start, end, rolls, list(programs))
+        elif rolls.hinted_probs is not None and settings.program_split > 0:
+            chosen = _split_hinted(chosen, classes, start, end, rolls,
+                                   split_candidates(rolls.program_votes, settings.program_split),
+                                   settings.min_track_notes)
         notes = Notes(notes.onset, notes.offset, notes.pitch, notes.velocity, chosen)
     parts = [notes]
     if programs is None or vocab.DRUM_PROGRAM in programs:
