@@ -104,3 +104,11 @@ def test_spec_augment_time_masks_only_in_training(sine):
     assert sum(bool((a[i] != plain[i]).any()) for i in range(8)) >= 6  # p = 1: (almost) every example masked
     never = time_mask(plain, 48, 0.0, torch.Generator().manual_seed(1))
     assert_close(never, plain)
+
+
+def test_magnitude_is_the_complex_abs():
+    """LogMel takes |STFT| as hypot(re, im) for speed: the same values as torch's complex abs()."""
+    spec = torch.stft(torch.randn(3, 32768, generator=torch.Generator().manual_seed(0)), n_fft=2048, hop_length=128,
+                      window=torch.hann_window(2048), center=True, return_complex=True)[:, :, :256]
+    re_im = torch.view_as_real(spec)
+    assert torch.equal(torch.hypot(re_im[..., 0], re_im[..., 1]), spec.abs())

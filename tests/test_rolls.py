@@ -338,3 +338,14 @@ def test_quantized_cpu_inference_runs_quietly(tmp_path, capsys):
           "--device", "cpu"])
     err = capsys.readouterr().err
     assert (tmp_path / "a.mid").is_file() and "Warning" not in err, err
+
+
+def test_half_matches_numpy_float16():
+    """The reader's float16 conversion (through torch, for speed) gives numpy's values, on strided slices too."""
+    from mt3ds.tokens.rolls import _half
+
+    x = np.random.default_rng(0).random((300, 13, N_KEYS), dtype=np.float32) ** 3
+    x[0, 0, :4] = [0.0, 1.0, 6.1e-5, 0.99951171875]  # zero, one, float16's subnormal edge, a rounding tie
+    for part in (x[:, 0], x[:, 5], x.reshape(300, -1)):
+        half = _half(part)
+        assert half.dtype == np.float16 and np.array_equal(half, part.astype(np.float16))
