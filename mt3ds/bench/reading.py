@@ -3,8 +3,8 @@
 The encoder and heads run once per file; the settings are then searched one group at a time (coordinate ascent,
 two passes) over the pooled scores of every file: onset threshold, minimum re-onset gap and onset shift for onset
 F1; frame and offset thresholds for onset+offset F1; the drum threshold for drum onset F1; the file-level class
-prior, the smallest track and the program split for multi-instrument F1. Use validation splits and recordings only, never test data:
-the chosen settings are what `mt3ds export --reading` stores as the model's defaults.
+prior, the smallest track and the program split for multi-instrument F1. Use validation splits and recordings only,
+never test data: the chosen settings are what `mt3ds export --reading` stores as the model's defaults.
 
     mt3ds bench reading --model m.safetensors --dataset slakh --root data/world --dataset pairs --root real \
         --files "*/mix.flac" --out reading.json

@@ -484,8 +484,8 @@ def split_candidates(program_votes: np.ndarray, share: float) -> list[int]:
     return keep
 
 
-def _split_hinted(chosen: np.ndarray, classes: np.ndarray, start: np.ndarray, end: np.ndarray, rolls: HeadRolls,
-                  candidates: list[int], min_notes: int = 0) -> np.ndarray:
+def _split_programs(chosen: np.ndarray, classes: np.ndarray, start: np.ndarray, end: np.ndarray, rolls: HeadRolls,
+                    candidates: list[int], min_notes: int = 0) -> np.ndarray:
     """Where a class has several candidate programs (listed by --instruments, or split_candidates), each of that
     class's notes takes the candidate with the highest mean probability over the note's frames; a candidate left
     with fewer than min_notes notes gives them to the class's most voted one (chosen)."""
@@ -538,12 +538,11 @@ def read_heads(rolls: HeadRolls, seconds: float, settings: ReadSettings = ReadSe
             settings = replace(settings, class_prior=0.0, min_track_notes=0)
         classes = choose_classes(evidence, settings, allowed)
         chosen = choose_programs(rolls.program_votes, programs)[classes]
-        if rolls.hinted_probs is not None and programs is not None:
-            chosen = _split_hinted(chosen, classes, start, end, rolls, list(programs))
-        elif rolls.hinted_probs is not None and settings.program_split > 0:
-            chosen = _split_hinted(chosen, classes, start, end, rolls,
-                                   split_candidates(rolls.program_votes, settings.program_split),
-                                   settings.min_track_notes)
+        if rolls.hinted_probs is not None and (programs is not None or settings.program_split > 0):
+            candidates, min_notes = ((list(programs), 0) if programs is not None else
+                                     (split_candidates(rolls.program_votes, settings.program_split),
+                                      settings.min_track_notes))
+            chosen = _split_programs(chosen, classes, start, end, rolls, candidates, min_notes)
         notes = Notes(notes.onset, notes.offset, notes.pitch, notes.velocity, chosen)
     parts = [notes]
     if programs is None or vocab.DRUM_PROGRAM in programs:
