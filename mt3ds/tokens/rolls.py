@@ -504,9 +504,9 @@ def _split_programs(chosen: np.ndarray, classes: np.ndarray, start: np.ndarray, 
         if len(mine) < 2 or not len(sel):
             continue
         cols = cols_of[mine]
-        part = np.asarray(rolls.hinted_probs[:, cols], np.float64)  # [frames, the class's candidates]
-        csum = np.concatenate([np.zeros((1, len(cols))), np.cumsum(part, 0)])
-        mass = csum[end[sel]] - csum[start[sel]]  # [notes, candidates]
+        csum = np.zeros((len(rolls.hinted_probs) + 1, len(cols)), np.int64)  # sums of the uint8 levels: exact, and
+        np.cumsum(rolls.hinted_probs[:, cols], axis=0, out=csum[1:])  # one array, not a float copy and a joined one
+        mass = csum[end[sel]] - csum[start[sel]]  # [notes, the class's candidates]
         pick = candidates[mine][np.argmax(mass, axis=1)]
         programs, counts = np.unique(pick, return_counts=True)
         small = programs[counts < min_notes]
