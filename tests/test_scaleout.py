@@ -66,6 +66,15 @@ def _max_diff(a: dict, b: dict) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
+def _update_gaps(ours: dict, ref: dict, ref_base: dict) -> tuple[float, float]:
+    """How far `ours` is from `ref`, relative to how far `ref` moved from `ref_base` (L2 norms): over the whole model,
+    and the largest over single tensors."""
+    assert ours.keys() == ref.keys() == ref_base.keys()
+    gaps = {k: (float((ours[k] - ref[k]).norm()), float((ref[k] - ref_base[k]).norm())) for k in ref}
+    whole = sum(g * g for g, _ in gaps.values()) ** 0.5 / sum(m * m for _, m in gaps.values()) ** 0.5
+    return whole, max(g / m for g, m in gaps.values() if m > 0)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Data, configs and the three launches
 
@@ -198,13 +207,23 @@ def resumed(setup, two_nodes):
 # 1. Data-parallel equivalence
 
 # Tolerances. Both runs are fp32 on the same CPU; they differ only in summation order (gloo adds the two ranks'
-# half-batch gradients, one rank sums the whole batch; matmuls over 2 vs 4 rows). Losses and learning rates: 1e-5
-# relative. Weights: Adam divides each gradient element by its own running RMS, so a rounding-level gradient
-# difference becomes a rounding-level relative update difference, ~1e-6 of lr per step; 12 steps at lr <= 3e-3 on
-# weights of order 0.1-1 give a few 1e-7 at most. 1e-5 absolute leaves room for that and catches any real
-# difference: a skipped or doubled sample, or one rank's gradient missing, moves weights by ~lr = 3e-3 in one step.
+# half-batch gradients, one rank sums the whole batch; matmuls over 2 vs 4 rows).
+# - Losses and learning rates: 1e-5 relative; gradient norms: 1e-4 (measured: at most 4e-7 and 2.7e-6, the latter
+#   with ATEN_CPU_CAPABILITY=avx2). These are the sharp checks: one sample doubled at step 7 or at step 11 of 12
+#   moves that step's loss by 3e-3 to 9e-3 and its gradient norm by 2e-2.
+# - Weights cannot be held to rounding level. Early in training the encoder's gradients are tiny sums that nearly
+#   cancel, and Adam scales each element's update to about lr whatever its size, so a rounding-level gradient
+#   difference there becomes a visible weight difference. Measured after 12 steps, as the L2 distance between the two
+#   runs' weights over the distance the reference moved from step 2 to step 12: 2e-7 in most runs, and 1.0e-3 to
+#   1.7e-3 in the runs where a rounding difference lands on such an element (at most 5e-3 on one tensor; seen with
+#   both AVX-512 and AVX2 kernels, ZeRO-1 and ZeRO-2). A sample doubled at step 7 gives 1.0e-2.
+#   The weight check therefore guards gross faults the losses could miss in the saved state: a tensor left
+#   untouched or a rank's partition of the optimizer step lost gives ~1 on that tensor. The same holds for a
+#   resumed run against the uninterrupted one (measured 1.0e-3 at most there).
 LOSS_RTOL = 1e-5
-WEIGHT_ATOL = 1e-5
+GRAD_NORM_RTOL = 1e-4
+WEIGHT_GAP_WHOLE = 1e-2
+WEIGHT_GAP_TENSOR = 0.1
 
 
 @pytest.mark.parametrize("stage", [1, 2])
@@ -215,12 +234,14 @@ def test_two_ranks_train_like_one_rank_with_twice_the_micro_batch(setup, two_ran
     ours, ref = metrics(run_dir), metrics(ref_dir)
     assert [r["step"] for r in ours] == [r["step"] for r in ref] == list(range(1, STEPS + 1))
     for a, b in zip(ours, ref):
-        for key in ("loss", "token_loss", "token_acc", "lr", "grad_norm"):
+        for key in ("loss", "token_loss", "token_acc", "lr"):
             assert a[key] == pytest.approx(b[key], rel=LOSS_RTOL, abs=1e-12), (stage, a["step"], key)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=GRAD_NORM_RTOL), (stage, a["step"])
     assert ours[-1]["samples"] == ref[-1]["samples"] == STEPS * GLOBAL_BATCH
-    assert _max_diff(_weights(run_dir, STEPS), _weights(ref_dir, STEPS)) <= WEIGHT_ATOL
+    whole, worst = _update_gaps(_weights(run_dir, STEPS), _weights(ref_dir, STEPS), _weights(ref_dir, 2))
+    assert whole <= WEIGHT_GAP_WHOLE and worst <= WEIGHT_GAP_TENSOR, (stage, whole, worst)
     # the runs did learn (the comparison is not between two untouched models)
-    assert _max_diff(_weights(ref_dir, STEPS), _weights(ref_dir, 2)) > 100 * WEIGHT_ATOL
+    assert _max_diff(_weights(ref_dir, STEPS), _weights(ref_dir, 2)) > 1e-3
     state = json.loads((run_dir / "checkpoints" / ckpt.tag_for(STEPS) / ckpt.STATE).read_text())
     assert state["world_size"] == 2 and state["ds_config"]["zero_optimization"]["stage"] == stage
     assert state["ds_config"]["train_batch_size"] == GLOBAL_BATCH == ref_state["samples"] // STEPS
@@ -288,13 +309,15 @@ def test_resume_at_world_size_two_equals_the_uninterrupted_run(setup, two_ranks,
     assert [r["step"] for r in after] == list(range(1, STEPS + 1))  # one line per step, no repeats
     ref = {r["step"]: r for r in metrics(reference)}
     for r in after:  # the same step, schedule, optimizer state and data position as the uninterrupted run
-        for key in ("loss", "token_loss", "lr", "grad_norm"):
+        for key in ("loss", "token_loss", "lr"):
             assert r[key] == pytest.approx(ref[r["step"]][key], rel=LOSS_RTOL, abs=1e-12), (r["step"], key)
+        assert r["grad_norm"] == pytest.approx(ref[r["step"]]["grad_norm"], rel=GRAD_NORM_RTOL), r["step"]
     for s in resumed["killed"]:
         if s > k:  # steps the killed run took past its checkpoint: taken again alike
             assert resumed["killed"][s]["loss"] == pytest.approx({r["step"]: r for r in after}[s]["loss"],
                                                                  rel=LOSS_RTOL)
-    assert _max_diff(_weights(run_dir, STEPS), _weights(reference, STEPS)) <= WEIGHT_ATOL
+    whole, worst = _update_gaps(_weights(run_dir, STEPS), _weights(reference, STEPS), _weights(reference, 2))
+    assert whole <= WEIGHT_GAP_WHOLE and worst <= WEIGHT_GAP_TENSOR, (whole, worst)
     state = ckpt.read_state(ckpt.latest_checkpoint(run_dir / "checkpoints"))
     assert state["step"] == STEPS and state["samples"] == STEPS * GLOBAL_BATCH and state["world_size"] == 2
     assert [r["step"] for r in metrics(run_dir, "validation")][-1] == STEPS
