@@ -222,8 +222,9 @@ class Pipeline:
         source = notes_from or ("hybrid" if with_rolls else "tokens")
         batch_size = batch_size or self.default_batch()
         search = Search(beam_size=beam, use_cache=use_cache)  # the grammar keeps every chunk well formed
-        tokens, rolls, reader = [], [], RollReader(programs, self.keep_programs) if source == "frames" else None
         frames = self.feature_cfg.frames
+        tokens, rolls = [], []
+        reader = RollReader(programs, self.keep_programs, len(chunks) * frames) if source == "frames" else None
         for start in range(0, len(chunks), batch_size):
             audio = torch.from_numpy(np.ascontiguousarray(chunks[start:start + batch_size])).to(self.device)
             with torch.no_grad():
@@ -384,7 +385,7 @@ def transcribe(inputs, out, model=None, instruments: str | None = None, device: 
         try:
             audio = load_audio(src, pipeline.audio_cfg.sample_rate)
             n_samples = len(audio)
-            audio = prepare(audio, pipeline.audio_cfg, str(src))  # the raw waveform is let go here
+            audio = prepare(audio, pipeline.audio_cfg, str(src), reuse=True)  # the raw waveform is let go here
             n_chunks = -(-n_samples // pipeline.audio_cfg.chunk_samples)
             if bar is None:
                 bar = tqdm(total=n_chunks, unit="chunk", disable=not progress, file=sys.stderr, dynamic_ncols=True)

@@ -107,6 +107,19 @@ def test_block_by_block_passes_equal_whole_track_ones(monkeypatch):
     assert np.array_equal(A.prepare(x, CFG, "k"), whole)
 
 
+def test_prepare_can_write_its_result_into_the_callers_array():
+    """reuse=True (transcribe, whose raw waveform is dead after the chain): the float32 input array holds the
+    result, the same samples as a fresh array; any other input is left alone."""
+    x = (np.random.default_rng(2).standard_normal(3 * SR) * 0.1).astype(np.float32)
+    fresh = A.prepare(x, CFG, "k")
+    reused_input = x.copy()
+    out = A.prepare(reused_input, CFG, "k", reuse=True)
+    assert out is reused_input and np.array_equal(out, fresh)
+    as_float64 = x.astype(np.float64)
+    out = A.prepare(as_float64, CFG, "k", reuse=True)  # not float32: a new array, the input as it was
+    assert out.dtype == np.float32 and np.array_equal(as_float64, x.astype(np.float64))
+
+
 def test_prepare_brings_loudness_to_target():
     x = tone(440.0, 5.0, 0.05) + tone(1500.0, 5.0, 0.025, seed=1)  # ~ -29 LUFS: +6 dB, inside the clamp
     y = A.prepare(x, PLAIN, "k")

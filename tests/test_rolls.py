@@ -13,7 +13,7 @@ from mt3ds.tokens.codec import encode_notes
 from mt3ds.tokens.frames import LOWEST_PITCH, N_KEYS, frame_seconds
 from mt3ds.tokens.notes import Notes
 from mt3ds.tokens.rolls import (CLASSES, DRUM_CLASSES, GROUPS, N_CLASSES, N_DRUM_CLASSES, ClassEvidence,
-                                ReadSettings, RollReader, choose_classes, class_of_program, head_targets,
+                                ReadSettings, RollReader, Rows, choose_classes, class_of_program, head_targets,
                                 onset_notes, read_heads)
 
 FRAME = frame_seconds()
@@ -157,6 +157,34 @@ def test_hint_masks_classes_and_drums():
     reader.add(probs)
     assert len(read_heads(reader.rolls(), FRAME)) == 1  # the kick
     assert len(read_heads(reader.rolls(), FRAME, programs=[0])) == 0  # no drums listed: none written
+
+
+def test_rows_preallocated_or_grown_hold_what_was_appended():
+    parts = [np.random.default_rng(i).random((n, 3)).astype(np.float16) for i, n in enumerate((700, 1, 900, 0, 5))]
+    for capacity in (0, 1606, 10):  # grown from nothing, exact, too small
+        rows = Rows((3,), np.float16, capacity)
+        for part in parts:
+            rows.append(part)
+        assert rows.n == 1606 and np.array_equal(rows.array(), np.concatenate(parts))
+    assert Rows((0,), np.uint8).array().shape == (0, 0)
+
+
+def test_roll_reader_with_the_frame_count_reads_the_same_notes():
+    rng = np.random.default_rng(4)
+    batches = [{"onset": rng.random((2, 20, 1, N_KEYS)) ** 8, "frame": rng.random((2, 20, GROUPS, N_KEYS)) ** 2,
+                "offset": rng.random((2, 20, 1, N_KEYS)) ** 8, "drums": rng.random((2, 20, N_DRUM_CLASSES)) ** 8,
+                "programs": rng.random((2, 20, 128))} for _ in range(3)]
+    readers = [RollReader(keep_programs=True), RollReader(keep_programs=True, frames=120)]
+    for reader in readers:
+        for b in batches:
+            reader.add(b)
+    a, b = (reader.rolls() for reader in readers)
+    for name in ("onset", "frame", "offset", "drums", "hinted_probs"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    settings = ReadSettings(program_split=0.5)
+    na, nb = read_heads(a, FRAME, settings), read_heads(b, FRAME, settings)
+    assert len(na) > 0 and all(np.array_equal(getattr(na, f), getattr(nb, f))
+                               for f in ("onset", "offset", "pitch", "program"))
 
 
 def test_class_evidence_keeps_only_sounding_cells_and_averages_over_a_note():

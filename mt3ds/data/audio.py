@@ -227,10 +227,12 @@ def true_peak(x: np.ndarray, above: float = 0.0) -> float:
     return found
 
 
-def prepare(audio: np.ndarray, cfg: AudioConfig, name: str = "audio") -> np.ndarray:
+def prepare(audio: np.ndarray, cfg: AudioConfig, name: str = "audio", reuse: bool = False) -> np.ndarray:
     """The chain after decoding (module docstring) on float mono AUDIO at cfg.sample_rate -> float32.
     NAME (a track id or a path) only names the audio in messages: the dither is seeded from the samples it is added
-    to, so the same audio gives the same output whatever it is called."""
+    to, so the same audio gives the same output whatever it is called. reuse: AUDIO (float32) is not needed after
+    this call and its array holds the result, so a long file is not held three times over (its float64 working copy
+    and two float32 arrays)."""
     x = np.asarray(audio)
     if x.ndim != 1:
         raise ValueError(f"prepare expects mono audio, got shape {x.shape}")
@@ -251,13 +253,18 @@ def prepare(audio: np.ndarray, cfg: AudioConfig, name: str = "audio") -> np.ndar
         for e in range(len(x), 1, -_FILTER_BLOCK):  # back to front: each block reads samples not yet changed
             s = max(1, e - _FILTER_BLOCK)
             x[s:e] -= cfg.pre_emphasis * x[s - 1:e - 1]  # the right side is a new array, read before the write
-    out = x.astype(np.float32)
+    reusable = reuse and isinstance(audio, np.ndarray) and audio.dtype == np.float32 and audio.flags.c_contiguous \
+        and audio.flags.writeable
+    out = audio if reusable else np.empty(len(x), np.float32)
+    np.copyto(out, x, casting="same_kind")
     del x
     if cfg.dither:
         rng = np.random.default_rng(seed_from_samples(out))
         tpdf = rng.random(len(out), dtype=np.float32)
-        tpdf -= rng.random(len(out), dtype=np.float32)  # difference of two uniforms: triangular on (-1, 1)
-        out += np.float32(cfg.dither) * tpdf
+        for s in range(0, len(out), _FILTER_BLOCK):  # the stream goes on from call to call: the same draws as one
+            tpdf[s:s + _FILTER_BLOCK] -= rng.random(len(tpdf[s:s + _FILTER_BLOCK]), dtype=np.float32)
+        tpdf *= np.float32(cfg.dither)  # difference of two uniforms: triangular on (-1, 1), scaled
+        out += tpdf
     return out
 
 

@@ -29,9 +29,11 @@ does not list (drums included), and since the list says which classes sound, eac
 listed class (no share weighting, no smallest track); two listed programs of one class (violin and cello) split
 that class's notes by their program probabilities over each note.
 
-Memory for long files: the class-agnostic rolls are kept as float16 (3 x 88 per frame, 160 MB per hour); of the
-class rolls only the frames where some note sounds are kept (ClassEvidence); programs are summed as they come, and
-kept per frame (uint8) only for a listed --instruments set or a reading with program_split.
+Memory for long files: the class-agnostic rolls are kept as float16 (3 x 88 per frame, 240 MB per hour), each in
+one array allocated for the whole file up front (Rows); of the class rolls only the cells where some note sounds
+are kept, as uint8 (ClassEvidence; a note's class sums come from one class's cumulative sums at a time); programs
+are summed as they come, and kept per frame (uint8) only for a listed --instruments set or a reading with
+program_split.
 """
 from __future__ import annotations
 
@@ -203,45 +205,86 @@ class ReadSettings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
+class Rows:
+    """Rows appended batch by batch into one array: preallocated for `capacity` rows when the total is known, else
+    grown by doubling. A long file's rolls then never sit in hundreds of pieces between the batches' temporaries,
+    which kept the allocator from reusing their memory (a 30-minute file held ~0.3 GB more than it used)."""
+
+    def __init__(self, shape: tuple[int, ...], dtype, capacity: int = 0):
+        import numpy as np
+
+        self._buf = np.empty((max(capacity, 0), *shape), dtype)
+        self.n = 0
+
+    def append(self, rows: np.ndarray) -> None:
+        import numpy as np
+
+        need = self.n + len(rows)
+        if need > len(self._buf):
+            grown = np.empty((max(need, 2 * len(self._buf), 1024), *self._buf.shape[1:]), self._buf.dtype)
+            grown[:self.n] = self._buf[:self.n]
+            self._buf = grown
+        self._buf[self.n:need] = rows
+        self.n = need
+
+    def array(self) -> np.ndarray:
+        """The rows so far (a view of the buffer)."""
+        return self._buf[:self.n]
+
+
 class ClassEvidence:
     """The class rolls, kept only where a note may sound: (frame, key) cells whose group-0 frame probability is
     above `floor`, with the 12 class probabilities as uint8. Chunks are added in order."""
 
+    KEY_STRIDE = 1 << 40
+    """A cell's id is key * KEY_STRIDE + frame: ids sort by key, then frame (no file has 2**40 frames)."""
+
     def __init__(self, floor: float = 0.2):
+        import numpy as np
+
         self.floor = floor
         self.frames_seen = 0
-        self._cells: list = []  # (frame, key) int64
-        self._probs: list = []  # uint8 [cells, N_CLASSES]
-        self._index = None  # (sorted flat cell ids, cumulative class sums): built once per file, on first use
+        self._ids = Rows((), np.int64)  # cell ids
+        self._probs = Rows((N_CLASSES,), np.uint8)  # [cells, N_CLASSES]
+        self._index = None  # (sorted ids, probabilities [N_CLASSES, cells] in that order): built on first use
 
     def add(self, any_frame: np.ndarray, class_frame: np.ndarray) -> None:
         """any_frame [frames, N_KEYS], class_frame [frames, N_CLASSES, N_KEYS] probabilities of the next frames."""
         import numpy as np
 
         t, k = np.nonzero(any_frame > self.floor)
-        self._cells.append(np.stack([t + self.frames_seen, k], 1).astype(np.int64))
+        self._ids.append(k.astype(np.int64) * self.KEY_STRIDE + (t + self.frames_seen))
         self._probs.append(np.round(np.asarray(class_frame[t, :, k], np.float32) * 255).astype(np.uint8))
         self.frames_seen += len(any_frame)
         self._index = None
+
+    def _sorted(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids sorted, their class probabilities [N_CLASSES, cells]): sorted once per file, on first use."""
+        import numpy as np
+
+        if self._index is None:
+            order = np.argsort(self._ids.array(), kind="stable")
+            probs = np.empty((N_CLASSES, len(order)), np.uint8)  # one contiguous row per class
+            for c in range(N_CLASSES):
+                probs[c] = self._probs.array()[order, c]
+            self._index = self._ids.array()[order], probs
+        return self._index
 
     def per_note(self, start: np.ndarray, end: np.ndarray, key: np.ndarray) -> np.ndarray:
         """Mean class probability over frames [start, end) of each note's key -> float32 [notes, N_CLASSES]."""
         import numpy as np
 
-        if not self._cells:
+        if not self._ids.n:
             return np.zeros((len(start), N_CLASSES), np.float32)
-        if self._index is None:
-            cells = np.concatenate(self._cells)
-            flat = cells[:, 1] * (self.frames_seen + 1) + cells[:, 0]  # by key, then frame
-            del cells
-            order = np.argsort(flat, kind="stable")
-            csum = np.zeros((len(order) + 1, N_CLASSES), np.int64)  # sums of the uint8 levels: exact, no float copy
-            np.cumsum(np.concatenate(self._probs)[order], axis=0, out=csum[1:])
-            self._index = flat[order], csum
-        flat, csum = self._index
-        lo = np.searchsorted(flat, key * (self.frames_seen + 1) + start)
-        hi = np.searchsorted(flat, key * (self.frames_seen + 1) + end)
-        return ((csum[hi] - csum[lo]) / (255.0 * np.maximum(end - start, 1)[:, None])).astype(np.float32)
+        ids, probs = self._sorted()
+        base = np.asarray(key, np.int64) * self.KEY_STRIDE
+        lo, hi = np.searchsorted(ids, base + start), np.searchsorted(ids, base + end)
+        sums = np.empty((len(lo), N_CLASSES), np.int64)
+        csum = np.zeros(len(ids) + 1, np.int64)  # one class's sums of the uint8 levels at a time: exact
+        for c in range(N_CLASSES):
+            np.cumsum(probs[c], out=csum[1:])
+            sums[:, c] = csum[hi] - csum[lo]
+        return (sums / (255.0 * np.maximum(end - start, 1)[:, None])).astype(np.float32)
 
 
 def peaks(prob: np.ndarray, threshold: float, min_gap: int) -> np.ndarray:
@@ -419,17 +462,20 @@ def _half(a: np.ndarray) -> np.ndarray:
 class RollReader:
     """Collects the heads' probabilities chunk batch by chunk batch, then reads the whole file (read())."""
 
-    def __init__(self, hint: list[int] | None = None, keep_programs: bool = False):
+    def __init__(self, hint: list[int] | None = None, keep_programs: bool = False, frames: int = 0):
         """hint: the --instruments list; keep_programs: keep every program's per-frame probabilities (128 bytes a
-        frame, 58 MB an hour) for a reading with program_split, when no list is given."""
+        frame, 58 MB an hour) for a reading with program_split, when no list is given; frames: the file's frame
+        count when known (the rolls are then allocated once)."""
         import numpy as np
 
-        self._parts = {"onset": [], "frame": [], "offset": [], "drums": [], "hinted": []}
-        self.evidence = ClassEvidence()
-        self.program_votes = np.zeros((N_CLASSES, N_PROGRAMS), np.float64)
         if hint is None and keep_programs:
             hint = list(range(N_PROGRAMS))
         self.hinted = tuple(p for p in (hint or []) if p != vocab.DRUM_PROGRAM)
+        self._rows = {name: Rows((N_KEYS,), np.float16, frames) for name in ("onset", "frame", "offset")}
+        self._rows["drums"] = Rows((N_DRUM_CLASSES,), np.float16, frames)
+        self._rows["hinted"] = Rows((len(self.hinted),), np.uint8, frames if self.hinted else 0)
+        self.evidence = ClassEvidence()
+        self.program_votes = np.zeros((N_CLASSES, N_PROGRAMS), np.float64)
 
     def add(self, probs: dict) -> None:
         """probs: the heads' probabilities of consecutive chunks, numpy: onset and offset [chunks, frames, G, N_KEYS]
@@ -441,32 +487,22 @@ class RollReader:
             return np.asarray(a).reshape(-1, *np.shape(a)[2:])
 
         onset, frame, offset = flat(probs["onset"]), flat(probs["frame"]), flat(probs["offset"])
-        self._parts["onset"].append(_half(onset[:, 0]))
-        self._parts["frame"].append(_half(frame[:, 0]))
-        self._parts["offset"].append(_half(offset[:, 0]))
-        self._parts["drums"].append(_half(flat(probs["drums"])))
+        self._rows["onset"].append(_half(onset[:, 0]))
+        self._rows["frame"].append(_half(frame[:, 0]))
+        self._rows["offset"].append(_half(offset[:, 0]))
+        self._rows["drums"].append(_half(flat(probs["drums"])))
         self.evidence.add(frame[:, 0], frame[:, 1:])
         class_activity = frame[:, 1:].max(axis=2).astype(np.float64)  # [frames, N_CLASSES]
         programs = flat(probs["programs"])
         self.program_votes += class_activity.T @ programs.astype(np.float64)
         if self.hinted:
             kept = np.round(np.asarray(programs[:, list(self.hinted)], np.float32) * 255)
-            self._parts["hinted"].append(kept.astype(np.uint8))
+            self._rows["hinted"].append(kept.astype(np.uint8))
 
     def rolls(self) -> HeadRolls:
-        import numpy as np
-
-        def cat(name, width):
-            parts = self._parts[name]
-            if not parts:
-                return np.zeros((0, width), np.float16)
-            if len(parts) > 1:  # joined one roll at a time, its pieces freed at once: a long file's rolls are
-                parts[:] = [np.concatenate(parts)]  # never held twice over
-            return parts[0]
-
-        return HeadRolls(cat("onset", N_KEYS), cat("frame", N_KEYS), cat("offset", N_KEYS),
-                         cat("drums", N_DRUM_CLASSES), self.evidence, self.program_votes, self.hinted,
-                         cat("hinted", len(self.hinted)) if self.hinted else None)
+        rows = {name: r.array() for name, r in self._rows.items()}
+        return HeadRolls(rows["onset"], rows["frame"], rows["offset"], rows["drums"], self.evidence,
+                         self.program_votes, self.hinted, rows["hinted"] if self.hinted else None)
 
 
 def split_candidates(program_votes: np.ndarray, share: float) -> list[int]:
