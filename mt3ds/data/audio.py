@@ -262,7 +262,7 @@ def prepare(audio: np.ndarray, cfg: AudioConfig, name: str = "audio", reuse: boo
         rng = np.random.default_rng(seed_from_samples(out))
         tpdf = rng.random(len(out), dtype=np.float32)
         for s in range(0, len(out), _FILTER_BLOCK):  # the stream goes on from call to call: the same draws as one
-            tpdf[s:s + _FILTER_BLOCK] -= rng.random(len(tpdf[s:s + _FILTER_BLOCK]), dtype=np.float32)
+            tpdf[s:s + _FILTER_BLOCK] -= rng.random(min(_FILTER_BLOCK, len(out) - s), dtype=np.float32)
         tpdf *= np.float32(cfg.dither)  # difference of two uniforms: triangular on (-1, 1), scaled
         out += tpdf
     return out
