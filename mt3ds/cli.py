@@ -277,7 +277,10 @@ def synth_command(out, layout, soundfonts, banks, holdout_timbres, songs, hours,
               help="A JSON file of note-heads reading settings chosen on validation data (`mt3ds bench reading "
                    "--out`), stored with the model as its defaults.")
 @click.option("--half", is_flag=True, help="Store the weights as float16 (half the file; loaded back as float32).")
-def export_command(run_dir, out, which, step, reading, half):
+@click.option("--average", "average", multiple=True, type=click.Path(dir_okay=False),
+              help="An exported model of the same config (e.g. an earlier stage of the chain) whose weights are "
+                   "averaged in with equal weight; repeatable.")
+def export_command(run_dir, out, which, step, reading, half, average):
     """Export a training run's EMA weights to one safetensors file that `transcribe` loads without DeepSpeed."""
     from .train.export import export_run, format_export
 
@@ -290,7 +293,8 @@ def export_command(run_dir, out, which, step, reading, half):
         if not isinstance(settings, dict):
             raise UserError(f"{reading}: reading settings must be a JSON object")
         settings = settings.get("reading", settings)
-    click.echo(format_export(export_run(run_dir, out, which=which, step=step, reading=settings, half=half), out))
+    click.echo(format_export(export_run(run_dir, out, which=which, step=step, reading=settings, half=half,
+                                          average=average), out))
 
 # --- end export ----------------------------------------------------------------------------------------------------
 

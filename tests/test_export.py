@@ -123,6 +123,35 @@ def test_cli_export_and_its_errors(finished_run, tmp_path, capsys):
         assert e.value.code == 2 and err.startswith("mt3ds: error: ") and expected in err and "\n" not in err
 
 
+def test_export_averages_in_other_models(finished_run, exported, tmp_path, capsys):
+    """--average: each float tensor the mean of the run's EMA weights and the other models'; recorded; a model of
+    another shape is refused in one line."""
+    run_dir, _ = finished_run
+    out, meta = exported
+    ours = load_file(str(out))
+    shifted = {k: (v + 1.0 if v.is_floating_point() else v) for k, v in ours.items()}
+    other = tmp_path / "shifted.safetensors"
+    save_file(shifted, str(other), metadata={"mt3ds": json.dumps(meta)})
+    averaged = tmp_path / "avg.safetensors"
+    cli_main(["export", str(run_dir), "-o", str(averaged), "--average", str(other), "--average", str(out)])
+    assert f"averaged with: {other}, {out}" in capsys.readouterr().out
+    got = load_file(str(averaged))
+    assert got.keys() == ours.keys()
+    for k, v in ours.items():
+        torch.testing.assert_close(got[k], v + 1.0 / 3 if v.is_floating_point() else v)
+    assert read_meta(averaged)["averaged_with"] == [{"model": str(other), "steps": meta["training"]["steps"]},
+                                                   {"model": str(out), "steps": meta["training"]["steps"]}]
+    assert "averaged_with" not in meta
+    wider = dict(meta, model_config=dict(meta["model_config"], d_model=meta["model_config"]["d_model"] * 2))
+    wrong = tmp_path / "wider.safetensors"
+    save_file(ours, str(wrong), metadata={"mt3ds": json.dumps(wider)})
+    with pytest.raises(SystemExit) as e:
+        cli_main(["export", str(run_dir), "-o", str(tmp_path / "x.safetensors"), "--average", str(wrong)])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and "another model config" in err and "\n" not in err
+    assert not (tmp_path / "x.safetensors").exists()
+
+
 def test_init_from_an_exported_model_adds_up_history(finished_run, exported, shard_dirs, tmp_path):
     """A new run starts from the exported weights; its export counts both runs' steps, samples and minutes."""
     from mt3ds.train.engine import train

@@ -5,7 +5,8 @@ the best validation token loss is exported, or the latest when none was validate
 Transcriber of the recorded config before anything is written, so a file that exists is a model that loads.
 The "training" record adds up over runs chained by init_from: total steps, samples, hours of audio seen, wall
 minutes and training minutes (validation left out), with one entry per run; "learning_curve" (validation records up
-to the exported step) is this run's.
+to the exported step) is this run's. `--average M.safetensors` averages exported models' weights in (recorded as
+"averaged_with").
 """
 from __future__ import annotations
 
@@ -93,10 +94,35 @@ def learning_curve(run_dir, up_to_step: int) -> list[dict]:
     return [by_step[k] for k in sorted(by_step)]
 
 
+def average_with(tensors: dict, cfg: ModelConfig, models, where) -> tuple[dict, list[dict]]:
+    """The equal-weight average of `tensors` and the weights of the exported `models` (model files of the same
+    model config, e.g. earlier stages of one init_from chain: averaging weights that share a start is a cheap
+    ensemble). Floating tensors are averaged in fp32; others are taken from `tensors`. Also returns a record of
+    the models averaged in, for the metadata."""
+    from ..model.io import load_weights, model_config_of
+
+    total = {k: (v.float().clone() if v.is_floating_point() else v) for k, v in tensors.items()}
+    record = []
+    for path in models:
+        other, meta = load_weights(path)
+        if model_config_of(meta, str(path)).to_dict() != cfg.to_dict():
+            raise UserError(f"{path}: another model config than {where}'s; only models of one shape average",
+                            exit_code=2)
+        if set(other) != set(total) or any(other[k].shape != total[k].shape for k in total):
+            raise UserError(f"{path}: its tensors do not match {where}'s", exit_code=2)
+        for k, v in total.items():
+            if v.is_floating_point():
+                v += other[k].float()
+        record.append({"model": str(path), "steps": meta.get("training", {}).get("steps")})
+    n = len(record) + 1
+    return {k: (v / n if v.is_floating_point() else v) for k, v in total.items()}, record
+
+
 def export_run(run_dir, out, which: str = "best", step: int | None = None, reading: dict | None = None,
-               half: bool = False) -> dict:
+               half: bool = False, average=()) -> dict:
     """Export a run's checkpoint (EMA weights) to `out`; return the metadata written. reading: the ReadSettings
-    (tokens/rolls.py) chosen on validation data for the note heads, stored with the model; half: fp16 weights."""
+    (tokens/rolls.py) chosen on validation data for the note heads, stored with the model; half: fp16 weights;
+    average: exported model files whose weights are averaged in with equal weight (average_with)."""
     from ..model.transcriber import Transcriber
 
     tag_dir = find_checkpoint(run_dir, which, step)
@@ -109,6 +135,9 @@ def export_run(run_dir, out, which: str = "best", step: int | None = None, readi
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{tag_dir / ckpt.STATE}: no usable model_config ({e})") from None
     tensors = ckpt.load_ema_tensors(tag_dir)
+    averaged = []
+    if average:
+        tensors, averaged = average_with(tensors, cfg, average, tag_dir)
     model = Transcriber(cfg)
     try:
         model.load_state_dict(tensors, strict=True)
@@ -117,6 +146,8 @@ def export_run(run_dir, out, which: str = "best", step: int | None = None, readi
     curve = learning_curve(run_dir, state["step"])
     meta = model_meta(cfg, {**training_record(state, tag_dir), "learning_curve": curve})
     meta["model_preset"] = state.get("model_preset")
+    if averaged:
+        meta["averaged_with"] = averaged
     if reading is not None:
         from ..tokens.rolls import ReadSettings
 
@@ -144,4 +175,6 @@ def format_export(meta: dict, out) -> str:
         onset = best.get("heads_onset_f1", best.get("onset_f1"))
         lines.append(f"best validation: step {best['step']}, loss {loss:.4f}, onset F1 "
                      f"{onset if onset is not None else '-'}")
+    if meta.get("averaged_with"):
+        lines.append("averaged with: " + ", ".join(m["model"] for m in meta["averaged_with"]))
     return "\n".join(lines)
